@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test` (each sets up .venv first if needed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+FBGEMM_PIN := fbgemm-gpu-cpu==1.8.0
+TORCHREC_PIN := torchrec==1.8.0
+
+.PHONY: setup run test test-slow lint typecheck bench clean
+
+setup: $(STAMP)
+
+# Order matters (see README "Install"): torch first (a CPU wheel on CPU machines), then
+# fbgemm-gpu-cpu, then torchrec WITHOUT its deps (they would pull the CUDA fbgemm-gpu),
+# then the package with torch pinned in the same command so nothing upgrades it.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip wheel
+	$(BIN)/pip install -q $(TORCH_PIN) $(FBGEMM_PIN)
+	$(BIN)/pip install -q --no-deps $(TORCHREC_PIN)
+	$(BIN)/pip install -q $(TORCH_PIN) -e ".[dev]"
+	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, faiss, polars; print('setup ok: torch', torch.__version__)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.train_i2i
+
+lint: $(STAMP)
+	$(BIN)/ruff check tte_recsys pipelines tests bench
+	$(BIN)/ruff format --check tte_recsys pipelines tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy tte_recsys pipelines
+
+test: lint typecheck
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/pairs.py
+
+clean:
+	rm -rf $(VENV) outputs

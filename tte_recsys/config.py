@@ -1,0 +1,137 @@
+"""Domain configuration as frozen dataclasses, validated on construction.
+
+Hydra composes YAML; pipelines turn each section into one of these with :func:`from_mapping`,
+which rejects unknown keys by name, so a typo in a config fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["EvalConfig", "LabelConfig", "PairConfig", "SplitConfig", "from_mapping"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How co-engagement pairs are mined from each user's history.
+
+    Attributes:
+        window: two interactions pair when some order of timestamp ties puts them within
+            ``window`` consecutive interactions (``window=2``: neighbours only). ``None``: no limit.
+        max_seconds: two interactions pair when their timestamps differ by at most this. ``None``: no limit.
+            With both set, both must hold.
+        min_rating: keep only interactions with ``weight >= min_rating`` (``None``: keep all).
+        symmetric: count both directions of every pair; otherwise only earlier -> later (and both
+            directions for timestamp ties, whose order is unknown).
+    """
+
+    window: int | None = 5
+    max_seconds: int | None = None
+    min_rating: float | None = None
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window is None and self.max_seconds is None:
+            raise ValueError("pairs: set window and/or max_seconds; with neither, every pair of a user's items pairs")
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"pairs.window={self.window}: expected an integer >= 2 (2 = adjacent interactions)")
+        if self.max_seconds is not None and self.max_seconds < 0:
+            raise ValueError(f"pairs.max_seconds={self.max_seconds}: expected >= 0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Global temporal split at quantiles of all interaction timestamps (DESIGN.md)."""
+
+    valid_quantile: float = 0.8
+    test_quantile: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.valid_quantile < self.test_quantile < 1.0:
+            raise ValueError(
+                f"split: expected 0 < valid_quantile < test_quantile < 1, got "
+                f"valid_quantile={self.valid_quantile}, test_quantile={self.test_quantile}"
+            )
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Graded semantic relevance: weighted mean of per-attribute Jaccard similarities.
+
+    Attributes:
+        fields: attribute column -> weight (weights > 0; normalised to sum to 1).
+        relation: optional relation name from the dataset's relations table (e.g. ``also_viewed``):
+            then the label is 1 for related pairs (either direction) and 0 otherwise, and
+            ``fields`` is ignored.
+    """
+
+    fields: dict[str, float] = field(default_factory=lambda: {"genres": 1.0})
+    relation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.relation is None and not self.fields:
+            raise ValueError("labels.fields is empty: name at least one attribute column, or set labels.relation")
+        for name, w in self.fields.items():
+            if not w > 0:
+                raise ValueError(f"labels.fields.{name}={w}: weights must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol settings.
+
+    Attributes:
+        ks: cut-offs for every metric.
+        select_k: the recall@K used to choose hyperparameters on the valid split.
+        ease_lambdas: L2 regularisation grid for EASE, chosen on valid.
+        batch_size: triggers scored per batch (bounds memory: batch x catalog floats).
+    """
+
+    ks: tuple[int, ...] = (10, 50, 100)
+    select_k: int = 50
+    ease_lambdas: tuple[float, ...] = (20.0, 100.0, 500.0, 2000.0, 10000.0)
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise ValueError(f"eval.ks={list(self.ks)}: expected a non-empty list of positive integers")
+        if self.select_k not in self.ks:
+            raise ValueError(f"eval.select_k={self.select_k} must be one of eval.ks={list(self.ks)}")
+        if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
+            raise ValueError(f"eval.ease_lambdas={list(self.ease_lambdas)}: expected positive values")
+
+
+def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where: str) -> T:
+    """Build the frozen dataclass ``cls`` from a config section, naming unknown keys.
+
+    Args:
+        cls: a dataclass type.
+        cfg: the section (OmegaConf node or plain mapping); ``None`` gives the defaults.
+        where: the section's config path, used in error messages (e.g. ``"data.pairs"``).
+    """
+    if cfg is None:
+        return cls()
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in raw and isinstance(raw[f.name], list):
+            raw[f.name] = tuple(raw[f.name])
+    return cls(**raw)
+
+
+_cs = ConfigStore.instance()
+for _name, _node in {"pairs": PairConfig, "split": SplitConfig, "labels": LabelConfig, "eval": EvalConfig}.items():
+    _cs.store(group="schema", name=_name, node=_node)

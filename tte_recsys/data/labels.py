@@ -1,0 +1,103 @@
+"""Graded semantic-relevance labels between items, in [0, 1].
+
+Attribute mode: the weighted mean over attribute columns of the Jaccard similarity of the two
+items' value sets (two empty sets score 0). Relation mode: 1 when the dataset's relations table
+links the two items (either direction) under the configured relation, else 0.
+One object serves the evaluation (labels of a top-K list) and the loss (a dense batch matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from tte_recsys.config import LabelConfig
+from tte_recsys.data.dataset import Dataset
+
+__all__ = ["RelevanceLabeler"]
+
+
+def _incidence(values: pl.Series, num_items: int) -> sp.csr_matrix:
+    """(N, V) binary matrix of each item's attribute values."""
+    exploded = pl.DataFrame({"v": values}).with_row_index("i").explode("v").drop_nulls("v")
+    codes = exploded["v"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    rows = exploded["i"].to_numpy().astype(np.int64)
+    data = np.ones(len(rows), dtype=np.float32)
+    m = sp.csr_matrix((data, (rows, codes)), shape=(num_items, int(codes.max(initial=-1)) + 1))
+    m.data[:] = 1.0  # an item listing a value twice still counts it once
+    return m
+
+
+class RelevanceLabeler:
+    """Relevance labels over item codes.
+
+    Example::
+
+        lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
+        lab.pairs(np.array([0]), np.array([1]))  # (1,) label of item 0 vs item 1
+        lab.matrix(np.arange(8))                 # (8, 8)
+    """
+
+    def __init__(self, fields: list[tuple[sp.csr_matrix, float]], relation: sp.csr_matrix | None = None) -> None:
+        self._fields = fields
+        self._relation = relation
+        total = sum(w for _, w in fields)
+        self._weights = [w / total for _, w in fields] if fields else []
+        self._sizes = [np.asarray(m.sum(axis=1)).ravel() for m, _ in fields]
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, cfg: LabelConfig) -> RelevanceLabeler:
+        if cfg.relation is not None:
+            rel = ds.relations
+            names = [] if rel is None else sorted(rel["relation"].unique().to_list())
+            if rel is None or cfg.relation not in names:
+                raise ValueError(
+                    f"labels.relation={cfg.relation!r}: dataset {ds.name!r} has relations {names}"
+                )
+            r = rel.filter(pl.col("relation") == cfg.relation)
+            a = ds.item_codes(r["src_item_id"].to_list())
+            b = ds.item_codes(r["dst_item_id"].to_list())
+            m = sp.csr_matrix((np.ones(len(a), np.float32), (a, b)), shape=(ds.num_items, ds.num_items))
+            m = ((m + m.T) > 0).astype(np.float32).tocsr()
+            return cls([], relation=m)
+        attrs = [c for c, dt in ds.items.schema.items() if dt == pl.List(pl.String)]
+        missing = [f for f in cfg.fields if f not in attrs]
+        if missing:
+            raise ValueError(f"labels.fields: {missing} not attribute columns of dataset {ds.name!r}; valid: {attrs}")
+        return cls([(_incidence(ds.items[f], ds.num_items), w) for f, w in cfg.fields.items()])
+
+    def pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Labels of item pairs ``(a[i], b[i])``; codes < 0 (padding) get 0. Shapes (P,) -> (P,)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        valid = (a >= 0) & (b >= 0)
+        av, bv = a[valid], b[valid]
+        out = np.zeros(len(a), dtype=np.float32)
+        if self._relation is not None:
+            out[valid] = np.asarray(self._relation[av, bv]).ravel()
+            return out
+        acc = np.zeros(len(av), dtype=np.float32)
+        for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
+            inter = np.asarray(m[av].multiply(m[bv]).sum(axis=1)).ravel()  # (P,)
+            union = size[av] + size[bv] - inter  # (P,)
+            acc += w * np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        out[valid] = acc
+        return out
+
+    def topk(self, triggers: np.ndarray, topk: np.ndarray) -> np.ndarray:
+        """(T,) triggers and (T, K) retrieved codes (-1 = empty) -> (T, K) labels."""
+        k = topk.shape[1]
+        return self.pairs(np.repeat(triggers, k), topk.ravel()).reshape(topk.shape)
+
+    def matrix(self, items: np.ndarray) -> np.ndarray:
+        """(B,) item codes -> (B, B) label matrix (diagonal included)."""
+        items = np.asarray(items, np.int64)
+        if self._relation is not None:
+            return np.asarray(self._relation[items][:, items].todense(), dtype=np.float32)
+        acc = np.zeros((len(items), len(items)), dtype=np.float32)
+        for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
+            sub = m[items]
+            inter = np.asarray((sub @ sub.T).todense(), dtype=np.float32)  # (B, B)
+            union = size[items][:, None] + size[items][None, :] - inter  # (B, B)
+            acc += w * np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        return acc

@@ -1,0 +1,114 @@
+"""Global temporal split and the held-out evaluation sets (DESIGN.md, "Evaluation protocol").
+
+Cut-offs are the ``valid_quantile`` and ``test_quantile`` quantiles of all interaction
+timestamps: period 0 (train) is ``t <= c_valid``, 1 (valid) ``c_valid < t <= c_test``, 2 (test)
+after. A pair belongs to the period of its later interaction. The positives of an evaluation
+period are the (trigger, target) pairs *first seen* in it whose trigger has train interactions;
+a target with no train interactions is *cold*. Models and baselines train on period 0 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from tte_recsys.config import PairConfig, SplitConfig
+from tte_recsys.data.dataset import Dataset
+from tte_recsys.data.pairs import directed_pairs, mine_pairs
+
+__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "temporal_split"]
+
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out positives grouped by trigger (CSR layout).
+
+    Attributes:
+        triggers: (T,) item codes, ascending.
+        indptr: (T + 1,) offsets into ``targets``.
+        targets: (P,) item codes of the positives.
+        cold: (P,) True where the target has no train interactions.
+    """
+
+    triggers: np.ndarray
+    indptr: np.ndarray
+    targets: np.ndarray
+    cold: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, pairs: pl.DataFrame, cold_items: np.ndarray) -> EvalSet:
+        """Build from a (src, dst) frame; ``cold_items`` is a boolean mask over item codes."""
+        p = pairs.select("src", "dst").unique().sort("src", "dst")
+        src, dst = p["src"].to_numpy().astype(np.int64), p["dst"].to_numpy().astype(np.int64)
+        triggers, starts = np.unique(src, return_index=True)
+        indptr = np.append(starts, len(src)).astype(np.int64)
+        return cls(triggers=triggers, indptr=indptr, targets=dst, cold=cold_items[dst])
+
+    @property
+    def num_triggers(self) -> int:
+        return len(self.triggers)
+
+    def stats(self) -> dict[str, int]:
+        return {"triggers": self.num_triggers, "positives": len(self.targets), "cold_positives": int(self.cold.sum())}
+
+
+@dataclass(frozen=True)
+class TemporalSplit:
+    """The split a model trains and is evaluated on.
+
+    Attributes:
+        cutoffs: (c_valid, c_test) timestamps.
+        train: train-period interactions (codes included).
+        train_pairs: train-period pairs, both directions for symmetric mining: ``src, dst, count``.
+        item_counts: (N,) train interactions per item code.
+        valid, test: held-out positives.
+    """
+
+    cutoffs: tuple[int, int]
+    train: pl.DataFrame
+    train_pairs: pl.DataFrame
+    item_counts: np.ndarray
+    valid: EvalSet
+    test: EvalSet
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "cutoffs": list(self.cutoffs),
+            "train_interactions": self.train.height,
+            "train_pairs": self.train_pairs.height,
+            "valid": self.valid.stats(),
+            "test": self.test.stats(),
+        }
+
+
+def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -> TemporalSplit:
+    """Mine pairs over the whole log, then split them and the interactions by time."""
+    ts = ds.interactions["timestamp"]
+    c_valid = int(ts.quantile(split_cfg.valid_quantile, "nearest") or 0)
+    c_test = int(ts.quantile(split_cfg.test_quantile, "nearest") or 0)
+    if not c_valid < c_test:
+        raise ValueError(
+            f"dataset {ds.name!r}: the {split_cfg.valid_quantile} and {split_cfg.test_quantile} timestamp "
+            f"quantiles are equal ({c_valid}); the log spans too little time for a temporal split"
+        )
+    pairs = mine_pairs(ds.interactions, pairs_cfg, cutoffs=[c_valid, c_test])
+    train = ds.interactions.filter(pl.col("timestamp") <= c_valid)
+    item_counts = np.bincount(train["item_idx"].to_numpy(), minlength=ds.num_items).astype(np.int64)
+    known = item_counts > 0
+
+    pairs = directed_pairs(pairs, pairs_cfg.symmetric)
+    train_pairs = pairs.filter(pl.col("period") == TRAIN).select("src", "dst", "count")
+    first_period = pairs.group_by("src", "dst").agg(pl.col("period").min())
+    evalsets = []
+    for period in (VALID, TEST):
+        pos = first_period.filter(pl.col("period") == period)
+        pos = pos.filter(pl.Series(known[pos["src"].to_numpy()], dtype=pl.Boolean))
+        evalsets.append(EvalSet.from_pairs(pos, ~known))
+    return TemporalSplit(
+        cutoffs=(c_valid, c_test), train=train, train_pairs=train_pairs, item_counts=item_counts,
+        valid=evalsets[0], test=evalsets[1],
+    )

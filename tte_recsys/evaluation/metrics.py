@@ -1,0 +1,43 @@
+"""I2I retrieval metrics, pure functions of retrieved codes and held-out positives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tte_recsys.data.split import EvalSet
+
+__all__ = ["coverage_at_k", "hits", "recall_at_k"]
+
+
+def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
+    """(T, K) retrieved codes -> (P,) bool: is each positive of each trigger retrieved in the top-K?"""
+    n_items = int(max(topk.max(initial=0), evalset.targets.max(initial=0))) + 1
+    owner = np.repeat(np.arange(evalset.num_triggers), np.diff(evalset.indptr))  # (P,)
+    pos_keys = owner * n_items + evalset.targets  # (P,)
+    valid = topk >= 0
+    ret_keys = (np.arange(topk.shape[0])[:, None] * n_items + topk)[valid]  # (hits,)
+    return np.isin(pos_keys, ret_keys)
+
+
+def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> float:
+    """Mean over triggers of (positives in the top-K) / (positives).
+
+    Args:
+        evalset: held-out positives.
+        topk: (T, K) codes aligned with ``evalset.triggers``.
+        only_cold: count only cold positives, averaging over triggers that have at least one.
+    """
+    if topk.shape[0] != evalset.num_triggers:
+        raise ValueError(f"topk has {topk.shape[0]} rows, expected one per trigger ({evalset.num_triggers})")
+    h = hits(evalset, topk).astype(np.float64)  # (P,)
+    keep = evalset.cold if only_cold else np.ones(len(h), dtype=bool)
+    owner = np.repeat(np.arange(evalset.num_triggers), np.diff(evalset.indptr))
+    n_pos = np.bincount(owner[keep], minlength=evalset.num_triggers)  # (T,)
+    n_hit = np.bincount(owner[keep], weights=h[keep], minlength=evalset.num_triggers)  # (T,)
+    has = n_pos > 0
+    return float(np.mean(n_hit[has] / n_pos[has])) if has.any() else float("nan")
+
+
+def coverage_at_k(topk: np.ndarray, num_items: int) -> float:
+    """Fraction of the catalog that appears in at least one top-K list."""
+    return float(len(np.unique(topk[topk >= 0])) / num_items)

@@ -1,0 +1,42 @@
+"""report.json + report.md: one row per method, one column per metric."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tte_recsys.artifacts import write_json, write_text
+
+__all__ = ["markdown_table", "write_report"]
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
+    """A markdown table; ``columns`` defaults to every metric of the first method."""
+    if not results:
+        return "(no methods)\n"
+    cols = columns or list(next(iter(results.values())))
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |"
+              for name, m in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str:
+    """Write ``report.json`` and ``report.md``; returns the markdown."""
+    out = Path(out_dir)
+    ks = report["eval"]["ks"]
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "semrel", "coverage", "cold_recall")]
+    md = [f"# {title}", "", f"dataset: `{report['dataset']}`  split: {report['split']}", "",
+          "Test split. recall = mean over triggers of held-out co-engaged targets found in the top-K; "
+          "semrel = mean graded relevance label of the top-K; coverage = share of the catalog retrieved; "
+          "cold_recall = recall on targets with no train interactions.", "",
+          markdown_table(report["methods"], cols)]
+    text = "\n".join(md)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", text)
+    return text
