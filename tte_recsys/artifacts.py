@@ -47,6 +47,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -84,7 +85,8 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Write ``manifest.json`` listing every file under ``out_dir`` with its size and sha256.
 
-    Hidden folders (Hydra's ``.hydra``) and the manifest itself are not listed.
+    Hidden folders (Hydra's ``.hydra``), logs (still growing after the manifest is written) and
+    the manifest itself are not listed.
 
     Args:
         out_dir: the output folder.
@@ -95,7 +97,12 @@ def write_manifest(
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if not p.is_file() or rel.as_posix() == MANIFEST_NAME or any(part.startswith(".") for part in rel.parts):
+        if (
+            not p.is_file()
+            or rel.as_posix() == MANIFEST_NAME
+            or p.suffix == ".log"
+            or any(part.startswith(".") for part in rel.parts)
+        ):
             continue
         files[rel.as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     manifest = {"schema_version": SCHEMA_VERSION, "kind": kind, "files": files, **(extra or {})}

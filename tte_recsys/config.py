@@ -40,9 +40,13 @@ class PairConfig:
 
     def __post_init__(self) -> None:
         if self.window is None and self.max_seconds is None:
-            raise ValueError("pairs: set window and/or max_seconds; with neither, every pair of a user's items pairs")
+            raise ValueError(
+                "pairs: set window and/or max_seconds; with neither, every pair of a user's items pairs"
+            )
         if self.window is not None and self.window < 2:
-            raise ValueError(f"pairs.window={self.window}: expected an integer >= 2 (2 = adjacent interactions)")
+            raise ValueError(
+                f"pairs.window={self.window}: expected an integer >= 2 (2 = adjacent interactions)"
+            )
         if self.max_seconds is not None and self.max_seconds < 0:
             raise ValueError(f"pairs.max_seconds={self.max_seconds}: expected >= 0")
 
@@ -78,7 +82,9 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         if self.relation is None and not self.fields:
-            raise ValueError("labels.fields is empty: name at least one attribute column, or set labels.relation")
+            raise ValueError(
+                "labels.fields is empty: name at least one attribute column, or set labels.relation"
+            )
         for name, w in self.fields.items():
             if not w > 0:
                 raise ValueError(f"labels.fields.{name}={w}: weights must be > 0")
@@ -129,9 +135,15 @@ def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in raw and isinstance(raw[f.name], list):
             raw[f.name] = tuple(raw[f.name])
-    return cls(**raw)
+    kwargs: dict[str, Any] = {str(k): v for k, v in raw.items()}
+    return cls(**kwargs)
 
 
 _cs = ConfigStore.instance()
-for _name, _node in {"pairs": PairConfig, "split": SplitConfig, "labels": LabelConfig, "eval": EvalConfig}.items():
+for _name, _node in {
+    "pairs": PairConfig,
+    "split": SplitConfig,
+    "labels": LabelConfig,
+    "eval": EvalConfig,
+}.items():
     _cs.store(group="schema", name=_name, node=_node)

@@ -46,24 +46,33 @@ class MovieLensAdapter:
     def load(self) -> Dataset:
         root = Path(self.root) if self.root else builtin_root("movielens_latest_small")
         movies_f, ratings_f, tags_f = root / "movies.csv", root / "ratings.csv", root / "tags.csv"
-        movies = read_table(movies_f).with_columns(
-            pl.col("genres").replace("(no genres listed)", "")
-        )
+        movies = read_table(movies_f).with_columns(pl.col("genres").replace("(no genres listed)", ""))
         items = canonical_items(
-            movies, str(movies_f), id_col="movieId", title_col="title",
+            movies,
+            str(movies_f),
+            id_col="movieId",
+            title_col="title",
             attributes={"genres": AttributeColumn("genres", "|")},
         )
         if tags_f.is_file():
             raw_tags = read_table(tags_f)
-            tags = raw_tags.select(
-                pl.col("movieId").alias("item_id"), pl.col("tag").str.to_lowercase().str.strip_chars()
-            ).group_by("item_id").agg(pl.col("tag").unique().sort().alias("tags"))
+            tags = (
+                raw_tags.select(
+                    pl.col("movieId").alias("item_id"), pl.col("tag").str.to_lowercase().str.strip_chars()
+                )
+                .group_by("item_id")
+                .agg(pl.col("tag").unique().sort().alias("tags"))
+            )
             items = items.join(tags, on="item_id", how="left", maintain_order="left").with_columns(
                 pl.col("tags").fill_null([])
             )
         inter = canonical_interactions(
-            read_table(ratings_f), str(ratings_f), user_col="userId", item_col="movieId",
-            time_col="timestamp", weight_col="rating",
+            read_table(ratings_f),
+            str(ratings_f),
+            user_col="userId",
+            item_col="movieId",
+            time_col="timestamp",
+            weight_col="rating",
         )
         check_interaction_items(inter, items, str(ratings_f), str(movies_f))
         return Dataset.build(self.name, items, inter)
@@ -88,26 +97,37 @@ class AmazonOfficeAdapter:
         text = read_table(text_f, separator="\t")
         if not index_f.is_file():
             raise DataValidationError(f"{index_f}: file not found (maps ASIN -> item_id)")
-        index = pl.read_csv(index_f, separator="\t", has_header=False, new_columns=["id", "item_id"],
-                            infer_schema=False)
+        index = pl.read_csv(
+            index_f, separator="\t", has_header=False, new_columns=["id", "item_id"], infer_schema=False
+        )
         titles = text.join(index, on="id", how="inner").select("item_id", pl.col("text").alias("title"))
         raw = meta.join(titles, on="item_id", how="left", maintain_order="left").with_columns(
             pl.col("title").fill_null(""),
-            *(pl.when(pl.col(c) == "0").then(None).otherwise(pl.col(c)).alias(c) for c in ("i_category", "i_brand")),
+            *(
+                pl.when(pl.col(c) == "0").then(None).otherwise(pl.col(c)).alias(c)
+                for c in ("i_category", "i_brand")
+            ),
         )
         items = canonical_items(
-            raw, str(meta_f), id_col="item_id", title_col="title",
+            raw,
+            str(meta_f),
+            id_col="item_id",
+            title_col="title",
             attributes={"category": AttributeColumn("i_category"), "brand": AttributeColumn("i_brand")},
         )
-        relations = pl.concat([
-            raw.select(
-                pl.col("item_id").alias("src_item_id"),
-                pl.col(col).str.strip_chars("[] ").str.split(",").alias("dst_item_id"),
-                pl.lit(rel).alias("relation"),
-            ).explode("dst_item_id").with_columns(pl.col("dst_item_id").str.strip_chars())
-            .filter(pl.col("dst_item_id") != "")
-            for col, rel in (("r_complement", "also_bought"), ("r_substitute", "also_viewed"))
-        ])
+        relations = pl.concat(
+            [
+                raw.select(
+                    pl.col("item_id").alias("src_item_id"),
+                    pl.col(col).str.strip_chars("[] ").str.split(",").alias("dst_item_id"),
+                    pl.lit(rel).alias("relation"),
+                )
+                .explode("dst_item_id")
+                .with_columns(pl.col("dst_item_id").str.strip_chars())
+                .filter(pl.col("dst_item_id") != "")
+                for col, rel in (("r_complement", "also_bought"), ("r_substitute", "also_viewed"))
+            ]
+        )
         logs = []
         for split in ("train", "dev", "test"):
             f = root / f"{split}.csv"
@@ -158,16 +178,27 @@ class TabularAdapter:
         attrs = {}
         for name, spec in self.attributes.items():
             if "column" not in spec or set(spec) - {"column", "sep"}:
-                raise ValueError(f"data.adapter.attributes.{name}: expected keys column (and optional sep), got {sorted(spec)}")
+                raise ValueError(
+                    f"data.adapter.attributes.{name}: expected keys column (and optional sep), got {sorted(spec)}"
+                )
             attrs[name] = AttributeColumn(str(spec["column"]), spec.get("sep"))
         items = canonical_items(
-            read_table(self.items_path, self.separator), self.items_path, id_col=ic["item_id"],
-            title_col=ic["title"], text_col=ic.get("text"), image_col=ic.get("image_path"), attributes=attrs,
+            read_table(self.items_path, self.separator),
+            self.items_path,
+            id_col=ic["item_id"],
+            title_col=ic["title"],
+            text_col=ic.get("text"),
+            image_col=ic.get("image_path"),
+            attributes=attrs,
         )
         inter = canonical_interactions(
-            read_table(self.interactions_path, self.separator), self.interactions_path,
-            user_col=xc["user_id"], item_col=xc["item_id"], time_col=xc["timestamp"],
-            weight_col=xc.get("weight"), time_format=self.time_format,
+            read_table(self.interactions_path, self.separator),
+            self.interactions_path,
+            user_col=xc["user_id"],
+            item_col=xc["item_id"],
+            time_col=xc["timestamp"],
+            weight_col=xc.get("weight"),
+            time_format=self.time_format,
         )
         check_interaction_items(inter, items, self.interactions_path, self.items_path)
         return Dataset.build(self.name, items, inter)

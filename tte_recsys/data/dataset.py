@@ -53,14 +53,16 @@ class Dataset:
 
     @property
     def num_users(self) -> int:
-        return int(self.interactions["user_idx"].max() or 0) + 1 if self.interactions.height else 0
+        return self.interactions["user_idx"].n_unique()
 
     def item_codes(self, item_ids: list[str] | pl.Series) -> np.ndarray:
         """Item ids -> codes; ``KeyError`` names the first unknown id."""
         s = pl.Series("item_id", item_ids, dtype=pl.String)
         codes = s.to_frame().join(
             self.items.select("item_id", pl.int_range(pl.len(), dtype=pl.Int64).alias("c")),
-            on="item_id", how="left", maintain_order="left",
+            on="item_id",
+            how="left",
+            maintain_order="left",
         )["c"]
         if codes.null_count():
             bad = s.filter(codes.is_null())[0]
@@ -75,8 +77,10 @@ class Dataset:
         items = self.items.join(inter.select(pl.col("item_id").unique()), on="item_id", how="semi")
         rel = self.relations
         if rel is not None:
-            rel = rel.filter(pl.col("src_item_id").is_in(items["item_id"].implode())
-                             & pl.col("dst_item_id").is_in(items["item_id"].implode()))
+            rel = rel.filter(
+                pl.col("src_item_id").is_in(items["item_id"].implode())
+                & pl.col("dst_item_id").is_in(items["item_id"].implode())
+            )
         return Dataset.build(self.name, items, inter.drop("item_idx", "user_idx"), rel)
 
     def save(self, out_dir: str | Path) -> None:
@@ -93,7 +97,9 @@ class Dataset:
         d = Path(data_dir)
         manifest = read_manifest(d, kind="prepare_data")
         rel = pl.read_parquet(d / _RELATIONS) if (d / _RELATIONS).is_file() else None
-        return cls.build(manifest["dataset"], pl.read_parquet(d / _ITEMS), pl.read_parquet(d / _INTERACTIONS), rel)
+        return cls.build(
+            manifest["dataset"], pl.read_parquet(d / _ITEMS), pl.read_parquet(d / _INTERACTIONS), rel
+        )
 
     def stats(self) -> dict[str, int]:
         return {"items": self.num_items, "users": self.num_users, "interactions": self.interactions.height}
@@ -101,4 +107,6 @@ class Dataset:
     def write(self, out_dir: str | Path, config: dict[str, object]) -> None:
         """Save the tables and a manifest (the output of ``prepare_data``)."""
         self.save(out_dir)
-        write_manifest(out_dir, "prepare_data", {"dataset": self.name, "stats": self.stats(), "config": config})
+        write_manifest(
+            out_dir, "prepare_data", {"dataset": self.name, "stats": self.stats(), "config": config}
+        )

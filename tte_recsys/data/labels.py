@@ -39,7 +39,9 @@ class RelevanceLabeler:
         lab.matrix(np.arange(8))                 # (8, 8)
     """
 
-    def __init__(self, fields: list[tuple[sp.csr_matrix, float]], relation: sp.csr_matrix | None = None) -> None:
+    def __init__(
+        self, fields: list[tuple[sp.csr_matrix, float]], relation: sp.csr_matrix | None = None
+    ) -> None:
         self._fields = fields
         self._relation = relation
         total = sum(w for _, w in fields)
@@ -64,7 +66,9 @@ class RelevanceLabeler:
         attrs = [c for c, dt in ds.items.schema.items() if dt == pl.List(pl.String)]
         missing = [f for f in cfg.fields if f not in attrs]
         if missing:
-            raise ValueError(f"labels.fields: {missing} not attribute columns of dataset {ds.name!r}; valid: {attrs}")
+            raise ValueError(
+                f"labels.fields: {missing} not attribute columns of dataset {ds.name!r}; valid: {attrs}"
+            )
         return cls([(_incidence(ds.items[f], ds.num_items), w) for f, w in cfg.fields.items()])
 
     def pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -33,10 +33,16 @@ def _tie_groups(log: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"))
         .with_columns(pl.struct("user", "ts").rank("dense").cast(pl.Int64).alias("gid"))
     )
-    groups = lf.group_by("gid").agg(
-        pl.col("user").first(), pl.col("ts").first(), pl.col("pos").min().alias("start"),
-        pl.col("pos").max().alias("end"),
-    ).sort("gid")
+    groups = (
+        lf.group_by("gid")
+        .agg(
+            pl.col("user").first(),
+            pl.col("ts").first(),
+            pl.col("pos").min().alias("start"),
+            pl.col("pos").max().alias("end"),
+        )
+        .sort("gid")
+    )
     return groups, lf.select("gid", "item", "ts")
 
 
@@ -68,9 +74,7 @@ def _group_pairs(groups: pl.DataFrame, cfg: PairConfig) -> pl.DataFrame:
     return pl.concat(out)
 
 
-def mine_pairs(
-    interactions: pl.DataFrame, cfg: PairConfig, cutoffs: list[int] | None = None
-) -> pl.DataFrame:
+def mine_pairs(interactions: pl.DataFrame, cfg: PairConfig, cutoffs: list[int] | None = None) -> pl.DataFrame:
     """Count co-engaged item pairs.
 
     Args:
@@ -106,12 +110,18 @@ def mine_pairs(
         gpairs.join(members, left_on="ga", right_on="gid")
         .join(members.rename({"item": "item_b", "ts": "ts_b"}), left_on="gb", right_on="gid")
         .filter(pl.col("item") != pl.col("item_b"))
-        .select(pl.col("item").alias("a"), pl.col("item_b").alias("b"), pl.col("ts_b").alias("ts"),
-                pl.lit(False).alias("tie"))
+        .select(
+            pl.col("item").alias("a"),
+            pl.col("item_b").alias("b"),
+            pl.col("ts_b").alias("ts"),
+            pl.lit(False).alias("tie"),
+        )
     )
     occ = pl.concat([within, across])
     if cfg.symmetric:
-        occ = occ.select(pl.min_horizontal("a", "b").alias("src"), pl.max_horizontal("a", "b").alias("dst"), "ts")
+        occ = occ.select(
+            pl.min_horizontal("a", "b").alias("src"), pl.max_horizontal("a", "b").alias("dst"), "ts"
+        )
     else:
         tie_rev = occ.filter(pl.col("tie")).select(pl.col("b").alias("src"), pl.col("a").alias("dst"), "ts")
         occ = pl.concat([occ.select(pl.col("a").alias("src"), pl.col("b").alias("dst"), "ts"), tie_rev])
@@ -136,5 +146,3 @@ def directed_pairs(pairs: pl.DataFrame, symmetric: bool) -> pl.DataFrame:
         return pairs
     rev = pairs.with_columns(pl.col("src").alias("dst"), pl.col("dst").alias("src")).select(pairs.columns)
     return pl.concat([pairs, rev])
-
-

@@ -82,7 +82,7 @@ def read_table(path: str | Path, separator: str | None = None) -> pl.DataFrame:
     return df
 
 
-def _examples(df: pl.DataFrame, mask: pl.Expr, col: str) -> tuple[int, str]:
+def _examples(df: pl.DataFrame, mask: pl.Expr | pl.Series, col: str) -> tuple[int, str]:
     bad = df.filter(mask)
     shown = ", ".join(f"row {r}: {v!r}" for r, v in bad.select(_ROW, col).head(_MAX_EXAMPLES).iter_rows())
     return bad.height, shown
@@ -98,7 +98,17 @@ def _require_columns(df: pl.DataFrame, cols: Mapping[str, str], source: str) -> 
 
 def _as_string(df: pl.DataFrame, src: str, source: str, role: str, nullable: bool) -> pl.Series:
     s = df[src]
-    if s.dtype not in (pl.String, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64):
+    if s.dtype not in (
+        pl.String,
+        pl.Int8,
+        pl.Int16,
+        pl.Int32,
+        pl.Int64,
+        pl.UInt8,
+        pl.UInt16,
+        pl.UInt32,
+        pl.UInt64,
+    ):
         raise DataValidationError(
             f"{source}, column {src!r} ({role}): type {s.dtype}, expected text or integer values"
         )
@@ -170,8 +180,13 @@ def canonical_items(
     ids = _as_string(df, id_col, source, "item_id", nullable=False)
     dup = df.with_columns(ids.alias("__id")).filter(pl.col("__id").is_duplicated())
     if dup.height:
-        shown = ", ".join(f"{i!r} at rows {rows}" for i, rows in dup.group_by("__id", maintain_order=True)
-                          .agg(pl.col(_ROW)).head(_MAX_EXAMPLES).iter_rows())
+        shown = ", ".join(
+            f"{i!r} at rows {rows}"
+            for i, rows in dup.group_by("__id", maintain_order=True)
+            .agg(pl.col(_ROW))
+            .head(_MAX_EXAMPLES)
+            .iter_rows()
+        )
         raise DataValidationError(
             f"{source}, column {id_col!r} (item_id): duplicate item id(s): {shown}; expected each item once"
         )
@@ -179,7 +194,9 @@ def canonical_items(
         "item_id": ids,
         "title": df[title_col].cast(pl.String).fill_null(""),
         "text": df[text_col].cast(pl.String).fill_null("") if text_col else pl.Series([""] * df.height),
-        "image_path": df[image_col].cast(pl.String) if image_col else pl.Series([None] * df.height, dtype=pl.String),
+        "image_path": df[image_col].cast(pl.String)
+        if image_col
+        else pl.Series([None] * df.height, dtype=pl.String),
     }
     for name, a in attributes.items():
         s = df[a.column]
@@ -187,7 +204,11 @@ def canonical_items(
             vals = s
         elif s.dtype == pl.String or s.dtype.is_integer():
             s = s.cast(pl.String).str.strip_chars()
-            vals = s.str.split(a.sep) if a.sep is not None else s.to_frame().select(pl.concat_list(s.name)).to_series()
+            vals = (
+                s.str.split(a.sep)
+                if a.sep is not None
+                else s.to_frame().select(pl.concat_list(s.name)).to_series()
+            )
         else:
             raise DataValidationError(
                 f"{source}, column {a.column!r} (attribute {name}): type {s.dtype}, "
@@ -227,7 +248,11 @@ def canonical_interactions(
     }
     if weight_col is not None:
         w = df[weight_col].cast(pl.Float64, strict=False)
-        n, shown = _examples(df.with_columns(w.alias("__w")), pl.col("__w").is_null() & pl.col(weight_col).is_not_null(), weight_col)
+        n, shown = _examples(
+            df.with_columns(w.alias("__w")),
+            pl.col("__w").is_null() & pl.col(weight_col).is_not_null(),
+            weight_col,
+        )
         if n:
             raise DataValidationError(
                 f"{source}, column {weight_col!r} (weight): {n} value(s) are not numbers ({shown})"
@@ -238,12 +263,16 @@ def canonical_interactions(
     return pl.DataFrame(out)
 
 
-def check_interaction_items(interactions: pl.DataFrame, items: pl.DataFrame, source: str, catalog: str) -> None:
+def check_interaction_items(
+    interactions: pl.DataFrame, items: pl.DataFrame, source: str, catalog: str
+) -> None:
     """Raise if an interaction names an item that is not in the catalog."""
     df = interactions.with_columns((pl.int_range(pl.len()) + 1).alias(_ROW))
     unknown = df.join(items.select("item_id"), on="item_id", how="anti")
     if unknown.height:
-        shown = ", ".join(f"row {r}: {i!r}" for r, i in unknown.select(_ROW, "item_id").head(_MAX_EXAMPLES).iter_rows())
+        shown = ", ".join(
+            f"row {r}: {i!r}" for r, i in unknown.select(_ROW, "item_id").head(_MAX_EXAMPLES).iter_rows()
+        )
         raise DataValidationError(
             f"{source}, column item_id: {unknown.height} interaction(s) name items not in the catalog "
             f"{catalog} ({shown}); expected every item id to appear in the catalog"

@@ -53,7 +53,11 @@ class EvalSet:
         return len(self.triggers)
 
     def stats(self) -> dict[str, int]:
-        return {"triggers": self.num_triggers, "positives": len(self.targets), "cold_positives": int(self.cold.sum())}
+        return {
+            "triggers": self.num_triggers,
+            "positives": len(self.targets),
+            "cold_positives": int(self.cold.sum()),
+        }
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
         pos = pos.filter(pl.Series(known[pos["src"].to_numpy()], dtype=pl.Boolean))
         evalsets.append(EvalSet.from_pairs(pos, ~known))
     return TemporalSplit(
-        cutoffs=(c_valid, c_test), train=train, train_pairs=train_pairs, item_counts=item_counts,
-        valid=evalsets[0], test=evalsets[1],
+        cutoffs=(c_valid, c_test),
+        train=train,
+        train_pairs=train_pairs,
+        item_counts=item_counts,
+        valid=evalsets[0],
+        test=evalsets[1],
     )

@@ -25,9 +25,13 @@ Metrics = dict[str, float]
 def retrieve_all(retriever: Retriever, triggers: np.ndarray, k: int, batch_size: int) -> np.ndarray:
     """(T,) triggers -> (T, k) codes, in batches; checks the Retriever contract."""
     out = []
-    for start in tqdm(range(0, len(triggers), batch_size), desc=f"retrieve {retriever.name}", leave=False,
-                      disable=len(triggers) <= batch_size):
-        t = triggers[start:start + batch_size]
+    for start in tqdm(
+        range(0, len(triggers), batch_size),
+        desc=f"retrieve {retriever.name}",
+        leave=False,
+        disable=len(triggers) <= batch_size,
+    ):
+        t = triggers[start : start + batch_size]
         r = np.asarray(retriever.retrieve(t, k))
         if r.shape != (len(t), k):
             raise ValueError(f"retriever {retriever.name!r} returned shape {r.shape}, expected {(len(t), k)}")
@@ -93,6 +97,8 @@ def evaluate_baselines(
         "ease": lambda: best[1],
         **(extra or {}),
     }
-    results = {name: score(make(), split.test) for name, make in tqdm(makers.items(), desc="baselines on test")}
-    selection = {"ease": {"valid_" + key: grid, "lambda": best[1].lam}}
+    results = {
+        name: score(make(), split.test) for name, make in tqdm(makers.items(), desc="baselines on test")
+    }
+    selection: dict[str, object] = {"ease": {"valid_" + key: grid, "lambda": best[1].lam}}
     return results, selection

@@ -21,8 +21,10 @@ def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | No
         return "(no methods)\n"
     cols = columns or list(next(iter(results.values())))
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    lines += [f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |"
-              for name, m in results.items()]
+    lines += [
+        f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |"
+        for name, m in results.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -31,11 +33,17 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
     out = Path(out_dir)
     ks = report["eval"]["ks"]
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "semrel", "coverage", "cold_recall")]
-    md = [f"# {title}", "", f"dataset: `{report['dataset']}`  split: {report['split']}", "",
-          "Test split. recall = mean over triggers of held-out co-engaged targets found in the top-K; "
-          "semrel = mean graded relevance label of the top-K; coverage = share of the catalog retrieved; "
-          "cold_recall = recall on targets with no train interactions.", "",
-          markdown_table(report["methods"], cols)]
+    md = [
+        f"# {title}",
+        "",
+        f"dataset: `{report['dataset']}`  split: {report['split']}",
+        "",
+        "Test split. recall = mean over triggers of held-out co-engaged targets found in the top-K; "
+        "semrel = mean graded relevance label of the top-K; coverage = share of the catalog retrieved; "
+        "cold_recall = recall on targets with no train interactions.",
+        "",
+        markdown_table(report["methods"], cols),
+    ]
     text = "\n".join(md)
     write_json(out / "report.json", report)
     write_text(out / "report.md", text)

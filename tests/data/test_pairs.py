@@ -1,0 +1,105 @@
+"""Pair mining against hand-computed examples."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from tests.conftest import make_dataset
+from tte_recsys.config import PairConfig
+from tte_recsys.data.dataset import Dataset
+from tte_recsys.data.pairs import directed_pairs, mine_pairs
+
+
+def _named(ds: Dataset, pairs: pl.DataFrame) -> dict[tuple[str, str], int]:
+    """{(src id, dst id): total count} for readable assertions."""
+    ids = ds.items["item_id"].to_list()
+    agg = pairs.group_by("src", "dst").agg(pl.col("count").sum())
+    return {(ids[s], ids[d]): c for s, d, c in agg.iter_rows()}
+
+
+def test_window_counts_consecutive_interactions() -> None:
+    ds = make_dataset([("u", "A", 1), ("u", "B", 2), ("u", "C", 3), ("u", "D", 4)])
+    adj = mine_pairs(ds.interactions, PairConfig(window=2))
+    assert _named(ds, adj) == {("A", "B"): 1, ("B", "C"): 1, ("C", "D"): 1}
+    three = mine_pairs(ds.interactions, PairConfig(window=3))
+    assert _named(ds, three) == {("A", "B"): 1, ("B", "C"): 1, ("C", "D"): 1, ("A", "C"): 1, ("B", "D"): 1}
+
+
+def test_timestamp_ties_are_an_unordered_set() -> None:
+    # B and C share t=20: they pair with each other and both are adjacent to A and to D.
+    rows = [("u", "A", 10), ("u", "C", 20), ("u", "B", 20), ("u", "D", 30)]
+    ds = make_dataset(rows)
+    sym = mine_pairs(ds.interactions, PairConfig(window=2))
+    assert _named(ds, sym) == {("A", "B"): 1, ("A", "C"): 1, ("B", "C"): 1, ("B", "D"): 1, ("C", "D"): 1}
+    directed = mine_pairs(ds.interactions, PairConfig(window=2, symmetric=False))
+    assert _named(ds, directed) == {
+        ("A", "B"): 1,
+        ("A", "C"): 1,
+        ("B", "C"): 1,
+        ("C", "B"): 1,
+        ("B", "D"): 1,
+        ("C", "D"): 1,
+    }
+    # The row order of a tie in the input does not matter.
+    swapped = make_dataset([rows[0], rows[2], rows[1], rows[3]])
+    assert _named(swapped, mine_pairs(swapped.interactions, PairConfig(window=2))) == _named(ds, sym)
+
+
+def test_large_tie_group_pairs_fully_and_window_counts_positions_after_it() -> None:
+    # A tie of 3 at t=1, then E. Window 2: E is adjacent to whichever of the tie comes last.
+    ds = make_dataset([("u", "A", 1), ("u", "B", 1), ("u", "C", 1), ("u", "E", 2), ("u", "F", 3)])
+    got = _named(ds, mine_pairs(ds.interactions, PairConfig(window=2)))
+    assert got == {
+        ("A", "B"): 1,
+        ("A", "C"): 1,
+        ("B", "C"): 1,
+        ("A", "E"): 1,
+        ("B", "E"): 1,
+        ("C", "E"): 1,
+        ("E", "F"): 1,
+    }
+
+
+def test_counts_sum_over_users_and_repeats_are_not_pairs() -> None:
+    ds = make_dataset([("u", "A", 1), ("u", "A", 2), ("u", "B", 3), ("v", "B", 1), ("v", "A", 5)])
+    assert _named(ds, mine_pairs(ds.interactions, PairConfig(window=2))) == {("A", "B"): 2}
+
+
+def test_max_seconds_alone_and_with_window() -> None:
+    ds = make_dataset([("u", "A", 0), ("u", "B", 100), ("u", "C", 250)])
+    assert _named(ds, mine_pairs(ds.interactions, PairConfig(window=None, max_seconds=150))) == {
+        ("A", "B"): 1,
+        ("B", "C"): 1,
+    }
+    assert _named(ds, mine_pairs(ds.interactions, PairConfig(window=None, max_seconds=300))) == {
+        ("A", "B"): 1,
+        ("B", "C"): 1,
+        ("A", "C"): 1,
+    }
+    assert _named(ds, mine_pairs(ds.interactions, PairConfig(window=2, max_seconds=300))) == {
+        ("A", "B"): 1,
+        ("B", "C"): 1,
+    }
+
+
+def test_rating_threshold_drops_interactions_before_windowing() -> None:
+    ds = make_dataset([("u", "A", 1), ("u", "B", 2), ("u", "C", 3)])
+    ds = Dataset.build("t", ds.items, ds.interactions.with_columns(pl.Series("weight", [5.0, 1.0, 4.0])))
+    # B is dropped, so A and C become adjacent.
+    assert _named(ds, mine_pairs(ds.interactions, PairConfig(window=2, min_rating=4.0))) == {("A", "C"): 1}
+
+
+def test_periods_follow_the_later_interaction() -> None:
+    ds = make_dataset(
+        [("u", "A", 1), ("u", "B", 2), ("v", "A", 9), ("v", "B", 10), ("w", "B", 11), ("w", "C", 30)]
+    )
+    p = mine_pairs(ds.interactions, PairConfig(window=2), cutoffs=[5, 20])
+    ids = ds.items["item_id"].to_list()
+    rows = {(ids[s], ids[d], per): (c, f) for s, d, per, c, f in p.iter_rows()}
+    assert rows == {("A", "B", 0): (1, 2), ("A", "B", 1): (1, 10), ("B", "C", 2): (1, 30)}
+
+
+def test_directed_pairs_adds_reverse_rows_for_symmetric() -> None:
+    ds = make_dataset([("u", "A", 1), ("u", "B", 2)])
+    p = directed_pairs(mine_pairs(ds.interactions, PairConfig(window=2)), symmetric=True)
+    assert _named(ds, p) == {("A", "B"): 1, ("B", "A"): 1}

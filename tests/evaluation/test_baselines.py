@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_dataset
+from tte_recsys.config import PairConfig, SplitConfig
+from tte_recsys.data.split import temporal_split
+from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity, ease_weights
+from tte_recsys.evaluation.retrieval import topk_excluding
+
+
+def test_ease_matches_direct_numpy() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.random((30, 8)) < 0.4).astype(np.float64)
+    lam = 5.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(8))
+    b = np.eye(8) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(ease_weights(x, lam), b, rtol=1e-9, atol=1e-12)
+
+
+def test_topk_excluding_masks_trigger_breaks_ties_by_index_and_pads() -> None:
+    scores = torch.tensor([[1.0, 5.0, 5.0, -torch.inf], [2.0, 2.0, 2.0, 2.0]])
+    got = topk_excluding(scores, np.array([1, 0]), 3)
+    np.testing.assert_array_equal(got, [[2, 0, -1], [1, 2, 3]])
+
+
+def _split():  # type: ignore[no-untyped-def]
+    # Train (t <= 8): u: A B C; v: A B; w: B D; x: D. Later interactions only make the split valid.
+    rows = [
+        ("u", "A", 1),
+        ("u", "B", 2),
+        ("u", "C", 3),
+        ("v", "A", 4),
+        ("v", "B", 5),
+        ("w", "B", 6),
+        ("w", "D", 7),
+        ("x", "D", 8),
+        ("y", "E", 9),
+        ("y", "F", 10),
+    ]
+    ds = make_dataset(rows)
+    return ds, temporal_split(ds, PairConfig(window=2), SplitConfig())
+
+
+def test_popularity_and_cooccurrence_by_hand() -> None:
+    ds, s = _split()
+    code = {c: i for i, c in enumerate(ds.items["item_id"].to_list())}
+    a, b, c, d = (code[x] for x in "ABCD")
+    # train counts: A2 B3 C1 D2 (E, F: 0)
+    np.testing.assert_array_equal(Popularity(s).retrieve(np.array([b]), 3), [[a, d, c]])
+    # users in common with B: A 2, C 1, D 1; ties (C, D) broken by popularity (D 2 > C 1)
+    np.testing.assert_array_equal(CoOccurrence(s, ds.num_users).retrieve(np.array([b]), 3), [[a, d, c]])
+    # cosine with C: A = 1/sqrt(1*2), B = 1/sqrt(1*3), then the rest by popularity
+    np.testing.assert_array_equal(ItemKNN(s, ds.num_users).retrieve(np.array([c]), 3), [[a, b, d]])
+
+
+def test_ease_retriever_ranks_by_weight_row() -> None:
+    ds, s = _split()
+    e = EASE(s, ds.num_users, lam=1.0)
+    trig = np.array([0, 1])
+    got = e.retrieve(trig, 3)
+    assert not (got == trig[:, None]).any()
+    assert got.shape == (2, 3)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got[0], got[1])

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_dataset
+from tte_recsys.config import EvalConfig, LabelConfig
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.data.split import EvalSet
+from tte_recsys.evaluation.metrics import coverage_at_k, recall_at_k
+from tte_recsys.evaluation.protocol import evaluate_retriever
+
+# trigger 0 -> {2, 3 (cold)}, trigger 1 -> {4}
+EV = EvalSet(
+    triggers=np.array([0, 1]),
+    indptr=np.array([0, 2, 3]),
+    targets=np.array([2, 3, 4]),
+    cold=np.array([False, True, False]),
+)
+
+
+def test_recall_by_hand() -> None:
+    topk = np.array([[2, 5], [6, 7]])
+    assert recall_at_k(EV, topk) == pytest.approx((1 / 2 + 0) / 2)
+    assert recall_at_k(EV, np.array([[3, 2], [4, -1]])) == pytest.approx(1.0)
+    assert recall_at_k(EV, np.array([[5], [4]])) == pytest.approx(0.5)
+
+
+def test_cold_recall_averages_only_triggers_with_cold_targets() -> None:
+    assert recall_at_k(EV, np.array([[3, 5], [4, 6]]), only_cold=True) == pytest.approx(1.0)
+    assert recall_at_k(EV, np.array([[2, 5], [4, 6]]), only_cold=True) == pytest.approx(0.0)
+
+
+def test_coverage_by_hand() -> None:
+    assert coverage_at_k(np.array([[2, 5], [5, -1]]), 10) == pytest.approx(0.2)
+
+
+def test_recall_rejects_misaligned_rows() -> None:
+    with pytest.raises(ValueError, match="expected one per trigger"):
+        recall_at_k(EV, np.array([[2, 5]]))
+
+
+class _Fixed:
+    name = "fixed"
+
+    def __init__(self, lists: dict[int, list[int]]) -> None:
+        self.lists = lists
+
+    def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
+        return np.array([self.lists[int(t)][:k] for t in triggers])
+
+
+def test_evaluate_retriever_semrel_and_contract() -> None:
+    genres = {str(i): g for i, g in enumerate([["a"], ["b"], ["a"], ["a", "b"], ["b"], ["c"]])}
+    ds = make_dataset([("u", "0", 1)], items=genres)
+    lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
+    cfg = EvalConfig(ks=(1, 2), select_k=2)
+    m = evaluate_retriever(_Fixed({0: [2, 3], 1: [5, 4]}), EV, lab, 6, cfg)
+    # labels: trigger 0 {a}: item 2 {a} -> 1, item 3 {a,b} -> 1/2; trigger 1 {b}: item 5 {c} -> 0, item 4 {b} -> 1
+    assert m["semrel@1"] == pytest.approx((1 + 0) / 2)
+    assert m["semrel@2"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@2"] == pytest.approx((1 + 1) / 2)
+    assert m["cold_recall@2"] == pytest.approx(1.0)
+    assert m["coverage@2"] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="retriever 'fixed' returned a trigger among its own candidates"):
+        evaluate_retriever(_Fixed({0: [0, 3], 1: [5, 4]}), EV, lab, 6, cfg)
