@@ -25,53 +25,107 @@ __all__ = ["PAIR_SCHEMA", "directed_pairs", "mine_pairs"]
 PAIR_SCHEMA = {"src": pl.Int32, "dst": pl.Int32, "period": pl.Int8, "count": pl.UInt32, "first_ts": pl.Int64}
 
 
-def _tie_groups(log: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """(groups: gid, user, ts, start, end) and (members: gid, item, ts), ``gid`` in (user, ts) order."""
-    lf = (
-        log.lazy()
-        .sort("user", "ts", "item")
-        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"))
-        .with_columns(pl.struct("user", "ts").rank("dense").cast(pl.Int64).alias("gid"))
+def _tie_groups(log: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Sort once; return (rows: item, ts in (user, ts) order) and (groups: user, ts, item, start, end).
+
+    ``item`` of a group is its first row's item (the only one for the usual one-row group).
+
+    A tie group is a run of equal (user, ts) in the sorted rows, so it is the row range
+    ``[start, end]`` and needs no hash join to expand. The order of rows inside a tie does not
+    matter: every result depends on tie groups as sets.
+    """
+    tmin, tmax = log["ts"].min(), log["ts"].max()
+    span = int(tmax) - int(tmin) + 1 if log.height else 1  # type: ignore[arg-type]
+    if log.height and (int(log["user"].max()) + 1) * span < 2**62:  # type: ignore[arg-type]
+        # One packed int64 key sorts about twice as fast as the two columns (measured, 10M rows).
+        key = log["user"].cast(pl.Int64) * span + (log["ts"] - tmin)
+        rows = log.with_columns(key.alias("key")).sort("key")
+        new = rows["key"] != rows["key"].shift(1)
+    else:
+        rows = log.sort("user", "ts")
+        new = (rows["user"] != rows["user"].shift(1)) | (rows["ts"] != rows["ts"].shift(1))
+    starts = rows.with_row_index("start").filter(new.fill_null(True))
+    groups = starts.select(
+        "user",
+        "ts",
+        "item",
+        pl.col("start").cast(pl.Int64),
+        (pl.col("start").shift(-1).fill_null(rows.height) - 1).cast(pl.Int64).alias("end"),
     )
-    groups = (
-        lf.group_by("gid")
-        .agg(
-            pl.col("user").first(),
-            pl.col("ts").first(),
-            pl.col("pos").min().alias("start"),
-            pl.col("pos").max().alias("end"),
+    return rows.select("item", "ts"), groups
+
+
+def _hop(groups: pl.LazyFrame, hop: int, cfg: PairConfig) -> pl.LazyFrame:
+    """Row ranges of group pairs ``hop`` tie groups apart (same user) that qualify."""
+    ok = pl.col("user").shift(-hop) == pl.col("user")
+    if cfg.window is not None:
+        ok = ok & (pl.col("start").shift(-hop) - pl.col("end") <= cfg.window - 1)
+    if cfg.max_seconds is not None:
+        ok = ok & (pl.col("ts").shift(-hop) - pl.col("ts") <= cfg.max_seconds)
+    return (
+        groups.select(
+            pl.col("start").alias("a_start"),
+            pl.col("end").alias("a_end"),
+            pl.col("start").shift(-hop).alias("b_start"),
+            pl.col("end").shift(-hop).alias("b_end"),
+            pl.col("item").alias("a"),
+            pl.col("item").shift(-hop).alias("b"),
+            pl.col("ts").shift(-hop).alias("ts"),
+            ok.fill_null(False).alias("ok"),
         )
-        .sort("gid")
+        .filter("ok")
+        .drop("ok")
     )
-    return groups, lf.select("gid", "item", "ts")
 
 
-def _group_pairs(groups: pl.DataFrame, cfg: PairConfig) -> pl.DataFrame:
-    """Pairs of distinct tie groups (earlier ``ga``, later ``gb``) of one user that qualify."""
-    out = []
-    hop = 1
-    while True:
-        shifted = groups.select(
-            pl.col("gid").alias("ga"),
-            pl.col("gid").shift(-hop).alias("gb"),
-            (pl.col("user").shift(-hop) == pl.col("user")).alias("same_user"),
-            (pl.col("start").shift(-hop) - pl.col("end")).alias("gap"),
-            (pl.col("ts").shift(-hop) - pl.col("ts")).alias("dt"),
-        ).filter(pl.col("same_user"))
-        ok = pl.lit(True)
-        if cfg.window is not None:
-            ok = ok & (pl.col("gap") <= cfg.window - 1)
-        if cfg.max_seconds is not None:
-            ok = ok & (pl.col("dt") <= cfg.max_seconds)
-        hit = shifted.filter(ok).select("ga", "gb")
-        # Both conditions are monotone in the hop: once no group pair qualifies, none further will.
-        if hit.height == 0:
-            break
-        out.append(hit)
+def _group_pairs(groups: pl.DataFrame, cfg: PairConfig) -> pl.LazyFrame:
+    """Row ranges of qualifying pairs of distinct tie groups of one user (earlier ``a``, later ``b``)."""
+    lg = groups.lazy()
+    if cfg.window is not None:
+        # b starts at least ``hop`` rows after a ends, so hops beyond window - 1 never qualify.
+        return pl.concat([_hop(lg, h, cfg) for h in range(1, cfg.window)])
+    # Time limit only: the condition is monotone in the hop, so stop at the first empty hop.
+    out, hop = [], 1
+    while (hit := _hop(lg, hop, cfg).collect()).height:
+        out.append(hit.lazy())
         hop += 1
-    if not out:
-        return pl.DataFrame(schema={"ga": pl.Int64, "gb": pl.Int64})
-    return pl.concat(out)
+    schema = {
+        **dict.fromkeys(("a_start", "a_end", "b_start", "b_end"), pl.Int64),
+        "a": pl.Int32,
+        "b": pl.Int32,
+        "ts": pl.Int64,
+    }
+    return pl.concat(out) if out else pl.LazyFrame(schema=schema)
+
+
+def _expand(ranges: pl.LazyFrame, rows: pl.DataFrame, within: bool) -> pl.DataFrame:
+    """Group-pair row ranges -> one (a, b, ts) row per pair of interactions.
+
+    ``ranges`` has a_start, a_end, b_start, b_end and, for one-row groups, their items ``a``,
+    ``b`` and the later timestamp ``ts``. ``within``: a and b are the same tie group; each
+    unordered pair of its rows is kept once.
+    """
+    single = (pl.col("a_start") == pl.col("a_end")) & (pl.col("b_start") == pl.col("b_end"))
+    # Most groups are one interaction: their items came along with the hop; only ties need a gather.
+    direct = ranges.filter(single).select("a", "b", "ts")
+    pos = (
+        ranges.filter(~single)
+        .select(pl.int_ranges("a_start", pl.col("a_end") + 1).alias("pa"), "b_start", "b_end")
+        .explode("pa")
+        .select("pa", pl.int_ranges("b_start", pl.col("b_end") + 1).alias("pb"))
+        .explode("pb")
+    )
+    if within:
+        pos = pos.filter(pl.col("pa") < pl.col("pb"))
+    p = pos.collect()
+    multi = pl.DataFrame(
+        {
+            "a": rows["item"].gather(p["pa"]),
+            "b": rows["item"].gather(p["pb"]),
+            "ts": rows["ts"].gather(p["pb"]),
+        }
+    )
+    return pl.concat([direct.collect(), multi]).filter(pl.col("a") != pl.col("b"))
 
 
 def mine_pairs(interactions: pl.DataFrame, cfg: PairConfig, cutoffs: list[int] | None = None) -> pl.DataFrame:
@@ -97,26 +151,22 @@ def mine_pairs(interactions: pl.DataFrame, cfg: PairConfig, cutoffs: list[int] |
     log = log.select(
         pl.col("user_idx").alias("user"), pl.col("item_idx").alias("item"), pl.col("timestamp").alias("ts")
     )
-    groups_lf, members = _tie_groups(log)
-    groups = groups_lf.collect()
-    gpairs = _group_pairs(groups, cfg).lazy()
-
-    within = (
-        members.join(members, on="gid", suffix="_b")
-        .filter(pl.col("item") < pl.col("item_b"))
-        .select(pl.col("item").alias("a"), pl.col("item_b").alias("b"), "ts", pl.lit(True).alias("tie"))
-    )
-    across = (
-        gpairs.join(members, left_on="ga", right_on="gid")
-        .join(members.rename({"item": "item_b", "ts": "ts_b"}), left_on="gb", right_on="gid")
-        .filter(pl.col("item") != pl.col("item_b"))
+    rows, groups = _tie_groups(log)
+    ties = (
+        groups.lazy()
+        .filter(pl.col("end") > pl.col("start"))
         .select(
+            pl.col("start").alias("a_start"),
+            pl.col("end").alias("a_end"),
+            pl.col("start").alias("b_start"),
+            pl.col("end").alias("b_end"),
             pl.col("item").alias("a"),
-            pl.col("item_b").alias("b"),
-            pl.col("ts_b").alias("ts"),
-            pl.lit(False).alias("tie"),
+            pl.col("item").alias("b"),
+            "ts",
         )
     )
+    within = _expand(ties, rows, within=True).with_columns(pl.lit(True).alias("tie"))
+    across = _expand(_group_pairs(groups, cfg), rows, within=False).with_columns(pl.lit(False).alias("tie"))
     occ = pl.concat([within, across])
     if cfg.symmetric:
         occ = occ.select(
@@ -125,18 +175,29 @@ def mine_pairs(interactions: pl.DataFrame, cfg: PairConfig, cutoffs: list[int] |
     else:
         tie_rev = occ.filter(pl.col("tie")).select(pl.col("b").alias("src"), pl.col("a").alias("dst"), "ts")
         occ = pl.concat([occ.select(pl.col("a").alias("src"), pl.col("b").alias("dst"), "ts"), tie_rev])
-    cuts = sorted(cutoffs or [])
-    period = pl.lit(0, dtype=pl.Int8)
-    for c in cuts:
-        period = period + (pl.col("ts") > c).cast(pl.Int8)
-    return (
-        occ.with_columns(period.alias("period"))
-        .group_by("src", "dst", "period")
+    period = pl.lit(0, dtype=pl.Int64)
+    for c in sorted(cutoffs or []):
+        period = period + (pl.col("ts") > c).cast(pl.Int64)
+    n_periods = len(cutoffs or []) + 1
+    n_items = int(log.select(pl.col("item").max()).item() or 0) + 1
+    # One packed integer key groups faster than three columns.
+    key = (pl.col("src").cast(pl.Int64) * n_items + pl.col("dst").cast(pl.Int64)) * n_periods + period
+    agg = (
+        occ.lazy()
+        .group_by(key.alias("key"))
         .agg(pl.len().cast(pl.UInt32).alias("count"), pl.col("ts").min().alias("first_ts"))
-        .with_columns(pl.col("src").cast(pl.Int32), pl.col("dst").cast(pl.Int32))
-        .select(list(PAIR_SCHEMA))
-        .sort("src", "dst", "period")
-        .collect(engine="streaming")
+        .sort("key")
+        .collect()
+    )
+    pair = agg["key"] // n_periods
+    return pl.DataFrame(
+        {
+            "src": (pair // n_items).cast(pl.Int32),
+            "dst": (pair % n_items).cast(pl.Int32),
+            "period": (agg["key"] % n_periods).cast(pl.Int8),
+            "count": agg["count"],
+            "first_ts": agg["first_ts"],
+        }
     )
 
 
