@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+import pytest
 
 from tests.conftest import make_dataset
 from tte_recsys.config import PairConfig
@@ -103,3 +105,44 @@ def test_directed_pairs_adds_reverse_rows_for_symmetric() -> None:
     ds = make_dataset([("u", "A", 1), ("u", "B", 2)])
     p = directed_pairs(mine_pairs(ds.interactions, PairConfig(window=2)), symmetric=True)
     assert _named(ds, p) == {("A", "B"): 1, ("B", "A"): 1}
+
+
+def _brute_force(rows: list[tuple[str, str, int]], cfg: PairConfig, cuts: list[int]) -> dict[tuple[str, str, int], int]:
+    """The definition, literally: per user, for every two interactions, is there an order of the
+    timestamp ties that puts them within the window? Period from the later timestamp."""
+    out: dict[tuple[str, str, int], int] = {}
+    for user in {r[0] for r in rows}:
+        hist = sorted((t, i) for u, i, t in rows if u == user)
+        for x in range(len(hist)):
+            for y in range(x + 1, len(hist)):
+                (ta, a), (tb, b) = hist[x], hist[y]
+                if a == b:
+                    continue
+                if cfg.window is not None:
+                    end_a = max(k for k, h in enumerate(hist) if h[0] == ta)  # a's tie group placed last
+                    start_b = min(k for k, h in enumerate(hist) if h[0] == tb)  # b's tie group placed first
+                    if ta != tb and start_b - end_a > cfg.window - 1:
+                        continue
+                if cfg.max_seconds is not None and tb - ta > cfg.max_seconds:
+                    continue
+                period = sum(tb > c for c in cuts)
+                keys = [(min(a, b), max(a, b))] if cfg.symmetric else [(a, b)] + ([(b, a)] if ta == tb else [])
+                for s, d in keys:
+                    out[(s, d, period)] = out.get((s, d, period), 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "cfg",
+    [PairConfig(window=3), PairConfig(window=2, symmetric=False), PairConfig(window=None, max_seconds=2),
+     PairConfig(window=4, max_seconds=3, symmetric=False)],
+)
+def test_matches_brute_force_on_random_logs(seed: int, cfg: PairConfig) -> None:
+    rng = np.random.default_rng(seed)
+    rows = [(f"u{rng.integers(4)}", f"i{rng.integers(7)}", int(rng.integers(0, 12))) for _ in range(40)]
+    ds = make_dataset(rows)
+    ids = ds.items["item_id"].to_list()
+    got = mine_pairs(ds.interactions, cfg, cutoffs=[4, 8])
+    named = {(ids[s], ids[d], p): c for s, d, p, c, _ in got.iter_rows()}
+    assert named == _brute_force(rows, cfg, [4, 8])
