@@ -16,7 +16,9 @@ from pipelines import evaluate
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("overrides", "low", "high"), [([], 0.01, 0.04), (["experiment=amazon_office"], 0.004, 0.02)])
+@pytest.mark.parametrize(
+    ("overrides", "low", "high"), [([], 0.01, 0.04), (["experiment=amazon_office"], 0.004, 0.02)]
+)
 def test_baselines_land_near_reference(
     compose_cfg: Callable[..., DictConfig], overrides: list[str], low: float, high: float
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import make_dataset
 from tte_recsys.config import PairConfig
 from tte_recsys.data.dataset import Dataset
-from tte_recsys.data.pairs import directed_pairs, mine_pairs
+from tte_recsys.data.pairs import PAIR_SCHEMA, directed_pairs, mine_pairs
 
 
 def _named(ds: Dataset, pairs: pl.DataFrame) -> dict[tuple[str, str], int]:
@@ -107,7 +107,9 @@ def test_directed_pairs_adds_reverse_rows_for_symmetric() -> None:
     assert _named(ds, p) == {("A", "B"): 1, ("B", "A"): 1}
 
 
-def _brute_force(rows: list[tuple[str, str, int]], cfg: PairConfig, cuts: list[int]) -> dict[tuple[str, str, int], int]:
+def _brute_force(
+    rows: list[tuple[str, str, int]], cfg: PairConfig, cuts: list[int]
+) -> dict[tuple[str, str, int], int]:
     """The definition, literally: per user, for every two interactions, is there an order of the
     timestamp ties that puts them within the window? Period from the later timestamp."""
     out: dict[tuple[str, str, int], int] = {}
@@ -126,7 +128,9 @@ def _brute_force(rows: list[tuple[str, str, int]], cfg: PairConfig, cuts: list[i
                 if cfg.max_seconds is not None and tb - ta > cfg.max_seconds:
                     continue
                 period = sum(tb > c for c in cuts)
-                keys = [(min(a, b), max(a, b))] if cfg.symmetric else [(a, b)] + ([(b, a)] if ta == tb else [])
+                keys = (
+                    [(min(a, b), max(a, b))] if cfg.symmetric else [(a, b)] + ([(b, a)] if ta == tb else [])
+                )
                 for s, d in keys:
                     out[(s, d, period)] = out.get((s, d, period), 0) + 1
     return out
@@ -135,8 +139,12 @@ def _brute_force(rows: list[tuple[str, str, int]], cfg: PairConfig, cuts: list[i
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize(
     "cfg",
-    [PairConfig(window=3), PairConfig(window=2, symmetric=False), PairConfig(window=None, max_seconds=2),
-     PairConfig(window=4, max_seconds=3, symmetric=False)],
+    [
+        PairConfig(window=3),
+        PairConfig(window=2, symmetric=False),
+        PairConfig(window=None, max_seconds=2),
+        PairConfig(window=4, max_seconds=3, symmetric=False),
+    ],
 )
 def test_matches_brute_force_on_random_logs(seed: int, cfg: PairConfig) -> None:
     rng = np.random.default_rng(seed)
@@ -146,3 +154,14 @@ def test_matches_brute_force_on_random_logs(seed: int, cfg: PairConfig) -> None:
     got = mine_pairs(ds.interactions, cfg, cutoffs=[4, 8])
     named = {(ids[s], ids[d], p): c for s, d, p, c, _ in got.iter_rows()}
     assert named == _brute_force(rows, cfg, [4, 8])
+
+
+def test_empty_and_single_interaction_logs_give_empty_typed_frames() -> None:
+    ds = make_dataset([("u", "A", 1)])
+    for log, cfg in (
+        (ds.interactions.head(0), PairConfig()),
+        (ds.interactions, PairConfig(window=None, max_seconds=5)),
+    ):
+        out = mine_pairs(log, cfg)
+        assert out.height == 0
+        assert dict(out.schema) == PAIR_SCHEMA

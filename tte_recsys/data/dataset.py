@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tte_recsys.artifacts import read_manifest, write_manifest, write_parquet
+from tte_recsys.artifacts import read_manifest, write_parquet
 
 __all__ = ["Dataset"]
 
@@ -103,10 +103,3 @@ class Dataset:
 
     def stats(self) -> dict[str, int]:
         return {"items": self.num_items, "users": self.num_users, "interactions": self.interactions.height}
-
-    def write(self, out_dir: str | Path, config: dict[str, object]) -> None:
-        """Save the tables and a manifest (the output of ``prepare_data``)."""
-        self.save(out_dir)
-        write_manifest(
-            out_dir, "prepare_data", {"dataset": self.name, "stats": self.stats(), "config": config}
-        )

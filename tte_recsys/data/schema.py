@@ -18,8 +18,6 @@ from pathlib import Path
 import polars as pl
 
 __all__ = [
-    "INTERACTION_SCHEMA",
-    "ITEM_CORE_SCHEMA",
     "AttributeColumn",
     "DataValidationError",
     "canonical_interactions",
@@ -28,18 +26,6 @@ __all__ = [
     "read_table",
 ]
 
-ITEM_CORE_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.String(),
-    "title": pl.String(),
-    "text": pl.String(),
-    "image_path": pl.String(),
-}
-INTERACTION_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "item_id": pl.String(),
-    "timestamp": pl.Int64(),
-    "weight": pl.Float64(),
-}
 _MAX_EXAMPLES = 5
 _ROW = "__row"
 
@@ -268,12 +254,9 @@ def check_interaction_items(
 ) -> None:
     """Raise if an interaction names an item that is not in the catalog."""
     df = interactions.with_columns((pl.int_range(pl.len()) + 1).alias(_ROW))
-    unknown = df.join(items.select("item_id"), on="item_id", how="anti")
-    if unknown.height:
-        shown = ", ".join(
-            f"row {r}: {i!r}" for r, i in unknown.select(_ROW, "item_id").head(_MAX_EXAMPLES).iter_rows()
-        )
+    n, shown = _examples(df, ~pl.col("item_id").is_in(items["item_id"].implode()), "item_id")
+    if n:
         raise DataValidationError(
-            f"{source}, column item_id: {unknown.height} interaction(s) name items not in the catalog "
+            f"{source}, column item_id: {n} interaction(s) name items not in the catalog "
             f"{catalog} ({shown}); expected every item id to appear in the catalog"
         )

@@ -16,7 +16,7 @@ from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popular
 from tte_recsys.evaluation.metrics import coverage_at_k, recall_at_k
 from tte_recsys.evaluation.retrieval import Retriever
 
-__all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever"]
+__all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever", "retrieve_all"]
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
