@@ -14,6 +14,8 @@ setup: $(STAMP)
 # Order matters (see README "Install"): torch first (a CPU wheel on CPU machines), then
 # fbgemm-gpu-cpu, then torchrec WITHOUT its deps (they would pull the CUDA fbgemm-gpu),
 # then the package with torch pinned in the same command so nothing upgrades it.
+# pip then prints "torchrec 1.8.0 requires fbgemm-gpu, which is not installed": expected, since
+# fbgemm-gpu-cpu provides the same fbgemm_gpu module; the import check below proves it loads.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel

@@ -61,7 +61,8 @@ class RelevanceLabeler:
             a = ds.item_codes(r["src_item_id"].to_list())
             b = ds.item_codes(r["dst_item_id"].to_list())
             m = sp.csr_matrix((np.ones(len(a), np.float32), (a, b)), shape=(ds.num_items, ds.num_items))
-            m = ((m + m.T) > 0).astype(np.float32).tocsr()
+            m = (m + m.T).tocsr()
+            m.data[:] = 1.0  # either direction, listed once or twice: related
             return cls([], relation=m)
         attrs = [c for c, dt in ds.items.schema.items() if dt == pl.List(pl.String)]
         missing = [f for f in cfg.fields if f not in attrs]

@@ -97,9 +97,9 @@ class ItemKNN(_SparseRowScorer):
         super().__init__((xn.T @ xn).tocsr(), split.item_counts, integer_scores=False)
 
 
-def ease_weights(x: np.ndarray | sp.spmatrix, lam: float) -> np.ndarray:
+def ease_weights(x: np.ndarray | sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE item-item weights for a (U, N) matrix: (N, N), zero diagonal. float64 throughout."""
-    xs = sp.csr_matrix(x, dtype=np.float64)
+    xs = x.astype(np.float64) if isinstance(x, sp.csr_matrix) else sp.csr_matrix(np.asarray(x, np.float64))
     g = torch.from_numpy(np.asarray((xs.T @ xs).todense()))  # (N, N) Gram matrix
     g.diagonal().add_(lam)
     p = torch.cholesky_inverse(torch.linalg.cholesky(g))  # (N, N) = (G + lambda I)^-1
