@@ -1,4 +1,4 @@
-"""Classical baselines under the I2I protocol: ``python -m pipelines.evaluate data=<name>``.
+"""Baselines under the I2I protocol: ``python -m pipelines.evaluate data=<name> [+content_dirs.<name>=<embed_items output>]``.
 
 Writes report.json and report.md (one row per method) into the run folder and prints the table.
 """
@@ -6,6 +6,8 @@ Writes report.json and report.md (one row per method) into the run folder and pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import hydra
@@ -14,9 +16,12 @@ from omegaconf import DictConfig
 from tte_recsys.config import EvalConfig, from_mapping
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
+from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines
 from tte_recsys.evaluation.report import write_report
+from tte_recsys.evaluation.retrieval import Retriever
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
+from tte_recsys.serving.embed_job import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = temporal_split(ds, pairs_cfg, split_cfg)
     log.info("split: %s", split.stats())
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
-    methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg)
+    extra: dict[str, Callable[[], Retriever]] = {}
+    for name, folder in (cfg.get("content_dirs") or {}).items():
+        vectors = load_vectors(str(folder))
+        aligned = vectors.aligned(ds.items["item_id"].to_list())
+        extra[f"content:{name}"] = partial(ContentCosine, aligned)
+        log.info("content:%s = %s (%s, traces: %s)", name, folder, vectors.model_id, vectors.trace_version)
+    methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
     report = {
         "dataset": ds.name,
         "dataset_stats": ds.stats(),

@@ -27,7 +27,8 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def load_dataset(data_cfg: DictConfig) -> Dataset:
-    """The dataset a ``data`` config names: a ``prepared_dir`` if set, else its adapter; optionally sampled."""
+    """The dataset a ``data`` config names: a ``prepared_dir`` if set, else its adapter; optionally
+    cut to ``sample_users`` users, then to the first ``max_items`` of what remains."""
     if data_cfg.get("prepared_dir"):
         ds = Dataset.load(str(data_cfg.prepared_dir))
     else:
@@ -36,6 +37,8 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
         ds = instantiate(data_cfg.adapter).load()
     if data_cfg.get("sample_users"):
         ds = ds.sample_users(int(data_cfg.sample_users))
+    if data_cfg.get("max_items"):
+        ds = ds.head_items(int(data_cfg.max_items))
     log.info("dataset %s: %s", ds.name, ds.stats())
     return ds
 

@@ -83,6 +83,16 @@ class Dataset:
             )
         return Dataset.build(self.name, items, inter.drop("item_idx", "user_idx"), rel)
 
+    def head_items(self, n_items: int) -> Dataset:
+        """A smaller dataset: the first ``n_items`` catalog items and the interactions and relations among them."""
+        items = self.items.head(n_items)
+        keep = items["item_id"].implode()
+        inter = self.interactions.filter(pl.col("item_id").is_in(keep)).drop("item_idx", "user_idx")
+        rel = self.relations
+        if rel is not None:
+            rel = rel.filter(pl.col("src_item_id").is_in(keep) & pl.col("dst_item_id").is_in(keep))
+        return Dataset.build(self.name, items, inter, rel)
+
     def save(self, out_dir: str | Path) -> None:
         """Write the canonical tables as parquet (codes are derived on load, not stored)."""
         out = Path(out_dir)

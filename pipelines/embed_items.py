@@ -1,0 +1,78 @@
+"""Item vectors for a catalog: ``python -m pipelines.embed_items data=<name> [traces_dir=<generate_traces output>]``.
+
+Parquet shards (item_id, vector, model id, trace version); resumable (finished shards are
+skipped); data-parallel under ``torchrun`` (each rank its own shards); rank 0 writes the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import polars as pl
+from omegaconf import DictConfig
+
+from tte_recsys import distributed
+from tte_recsys.artifacts import read_manifest
+from tte_recsys.runs import finish_run, load_dataset, output_dir
+from tte_recsys.serving.embed_job import JobSpec, embed_catalog
+from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.items import ItemInput, item_inputs
+from tte_recsys.tte.reasoner.prompts import ParsedTrace
+
+log = logging.getLogger(__name__)
+
+
+def load_traces(traces_dir: str, items: list[ItemInput]) -> tuple[dict[str, str], str]:
+    """item_id -> trace text for items whose content still matches (hash), and the trace version."""
+    m = read_manifest(traces_dir, kind="generate_traces")
+    df = pl.read_parquet(Path(traces_dir) / "traces.parquet")
+    current = pl.DataFrame(
+        {"item_id": [it.item_id for it in items], "content_hash": [it.content_hash() for it in items]}
+    )
+    df = df.join(current, on=["item_id", "content_hash"], how="semi")
+    texts = (
+        (i, ParsedTrace(t, s).text) for i, t, s in df.select("item_id", "thinking", "summary").iter_rows()
+    )
+    traces = {i: text for i, text in texts if text}
+    return traces, f"{m['summary']['reasoner_id']}|{m['summary']['prompt']}"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    rank, world = distributed.init_from_env()
+    out = output_dir(cfg)
+    ds = load_dataset(cfg.data)
+    items = item_inputs(ds, list(cfg.data.content_fields))
+    traces, trace_version = load_traces(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
+    e = cfg.embedder
+    embedder = build_embedder(
+        str(e.model_path),
+        pooling=str(e.pooling),
+        max_length=int(e.max_length),
+        instruction=str(e.instruction),
+        dtype=str(e.dtype),
+    )
+    model_id = f"{Path(str(e.model_path)).name}|{e.pooling}|{e.max_length}|{e.dtype}|{e.instruction}"
+    spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
+    stats = embed_catalog(items, embedder, out, spec, traces, rank, world, int(e.batch_size))
+    all_stats = distributed.all_gather_objects(stats)
+    distributed.barrier()
+    result = {k: sum(s[k] for s in all_stats) for k in stats}
+    result.update(items=ds.num_items, items_with_trace=len(traces), dim=embedder.dim, world_size=world)
+    if rank == 0:
+        finish_run(out, "embed_items", cfg, {"model_id": model_id, "trace_version": trace_version, **result})
+        log.info("embed_items: %s", result)
+    distributed.barrier()
+    distributed.shutdown()
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="embed_items")
+def main(cfg: DictConfig) -> None:
+    print(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

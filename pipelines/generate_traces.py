@@ -1,0 +1,82 @@
+"""Reasoning traces for a catalog: ``python -m pipelines.generate_traces data=<name> reasoner=<name>``.
+
+Cached by (item, content hash, reasoner, prompt version) in ``cache_dir``: a re-run with nothing
+changed makes zero model calls, and a killed run resumes. Under ``torchrun`` each rank takes
+every world-th item and writes its own cache parts. Writes ``traces.parquet`` (every item that
+has a trace) and ``summary.json`` (generated / cached / failed with reasons).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import polars as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tte_recsys import distributed
+from tte_recsys.artifacts import write_json, write_parquet
+from tte_recsys.runs import finish_run, load_dataset, output_dir
+from tte_recsys.tte.items import item_inputs
+from tte_recsys.tte.reasoner.cache import KEY, TraceCache
+from tte_recsys.tte.reasoner.generate import generate_traces
+from tte_recsys.tte.reasoner.prompts import get_template
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    rank, world = distributed.init_from_env()
+    out = output_dir(cfg)
+    ds = load_dataset(cfg.data)
+    items = item_inputs(ds, list(cfg.data.content_fields))
+    template = get_template(str(cfg.prompt))
+    reasoner = instantiate(cfg.reasoner)
+    cache = TraceCache(Path(str(cfg.cache_dir)), writer=f"rank{rank}")
+    _, summary = generate_traces(
+        items[rank::world], reasoner, template, cache, flush_every=int(cfg.flush_every)
+    )
+    summaries = distributed.all_gather_objects(summary.as_dict())
+    distributed.barrier()
+    merged: dict[str, Any] = {
+        "reasoner_id": reasoner.reasoner_id,
+        "prompt": template.key,
+        "world_size": world,
+    }
+    for key in ("generated", "cached", "failed", "model_calls"):
+        merged[key] = sum(int(s[key]) for s in summaries)
+    merged["failure_reasons"] = {}
+    for s in summaries:
+        for reason, n in s["failure_reasons"].items():
+            merged["failure_reasons"][reason] = merged["failure_reasons"].get(reason, 0) + n
+    merged["failed_examples"] = {k: v for s in summaries for k, v in s["failed_examples"].items()}
+    if rank == 0:
+        keys = pl.DataFrame(
+            {
+                "item_id": [it.item_id for it in items],
+                "content_hash": [it.content_hash() for it in items],
+                "reasoner_id": reasoner.reasoner_id,
+                "prompt": template.key,
+            }
+        )
+        traces = cache.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
+        write_parquet(out / "traces.parquet", traces)
+        write_json(out / "summary.json", merged)
+        finish_run(out, "generate_traces", cfg, {"summary": merged, "items": traces.height})
+        log.info("traces: %s", {k: merged[k] for k in ("generated", "cached", "failed", "model_calls")})
+    distributed.barrier()
+    distributed.shutdown()
+    return merged
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="generate_traces")
+def main(cfg: DictConfig) -> None:
+    s = run(cfg)
+    print({k: s[k] for k in ("generated", "cached", "failed", "failure_reasons", "model_calls")})
+
+
+if __name__ == "__main__":
+    main()

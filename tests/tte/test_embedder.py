@@ -1,0 +1,95 @@
+"""The embedder: real MiniLM against sentence-transformers; pooling and meta-queries on a tiny Qwen2."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tte_recsys.tte.embedder import Embedder, build_embedder
+from tte_recsys.tte.models import resolve_model_dir
+from tte_recsys.tte.pooling import LastTokenPooling, MeanPooling, MetaQueries
+
+TEXTS = ["Toy Story (1995)", "a comedy film about friends and a long road trip", "calculator", "Heat"]
+
+
+@pytest.fixture(scope="session")
+def _minilm() -> Embedder:
+    return build_embedder("minilm")
+
+
+@pytest.fixture
+def minilm(_minilm: Embedder) -> Embedder:
+    return copy.deepcopy(_minilm)
+
+
+def test_minilm_matches_sentence_transformers(minilm: Embedder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(resolve_model_dir("minilm")), device="cpu")
+    ref = st.encode(TEXTS, normalize_embeddings=True)
+    ours = minilm.encode(TEXTS, batch_size=3)
+    assert ours.shape == (4, 384)
+    np.testing.assert_allclose((ours * ref).sum(1), 1.0, atol=1e-5)
+
+
+def test_encode_keeps_order_single_string_and_unit_norm(minilm: Embedder) -> None:
+    many = minilm.encode(TEXTS, batch_size=2)
+    np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(minilm.encode(TEXTS[1]), many[1], atol=1e-5)
+    np.testing.assert_allclose(minilm.encode(TEXTS[::-1], batch_size=4)[::-1], many, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        minilm.encode(TEXTS, batch_size=0)
+
+
+def test_unknown_pooling_lists_valid(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"embedder.pooling='max': expected one of \['mean', 'cls', 'last', 'meta'\]"
+    ):
+        build_embedder("minilm", pooling="max")
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
+        build_embedder(str(tmp_path))
+
+
+def _qwen(d: Path, pooling: str, side: str, **kw: int) -> Embedder:
+    e = build_embedder(str(d), pooling=pooling, **kw)
+    e.tokenizer.padding_side = side
+    return e
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "meta"])
+def test_pooling_identical_for_left_and_right_padding(tiny_qwen_dir: Path, pooling: str) -> None:
+    torch.manual_seed(0)
+    left = _qwen(tiny_qwen_dir, pooling, "left")
+    right = copy.deepcopy(left)
+    right.tokenizer.padding_side = "right"
+    a, b = left.encode(TEXTS, batch_size=4), right.encode(TEXTS, batch_size=4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(
+        a, np.stack([left.encode(t) for t in TEXTS]), atol=1e-5
+    )  # batch = one at a time
+
+
+def test_last_token_pooler_by_hand() -> None:
+    h = torch.arange(2 * 3 * 1, dtype=torch.float32).reshape(2, 3, 1)
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert LastTokenPooling()(h, right).flatten().tolist() == [1.0, 5.0]
+    assert LastTokenPooling()(h, left).flatten().tolist() == [2.0, 5.0]
+    assert MeanPooling()(h, right).flatten().tolist() == [0.5, 4.0]
+
+
+def test_meta_queries_train_alone_on_a_frozen_backbone(tiny_qwen_dir: Path) -> None:
+    e = _qwen(tiny_qwen_dir, "meta", "left", meta_queries=3, meta_heads=2)
+    assert isinstance(e.pooling, MetaQueries)
+    e.backbone.requires_grad_(False)
+    batch = e._batch(e._token_ids(TEXTS))
+    out = e(**batch)  # (B, H, D)
+    assert out.shape == (4, 2, 32)
+    out[:, 0].sum().backward()
+    assert e.pooling.queries.grad is not None and e.pooling.queries.grad.abs().sum() > 0
+    assert all(p.grad is None for p in e.backbone.parameters())
+    assert e.encode(TEXTS).shape == (4, 2, 32)

