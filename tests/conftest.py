@@ -54,55 +54,9 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
-_CORPUS = [
-    "the item is a calculator for school and office work",
-    "a comedy film about friends, romance and a road trip",
-    "think about what users want next: binders, pens, paper",
-    "<think> reasoning </think> summary line",
-] * 20
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Qwen2 causal LM + a BPE tokenizer trained here, saved like a real model folder."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    """A tiny random Qwen2 causal LM + tokenizer, saved like a real model folder (built once per run)."""
+    from tte_recsys.tte.tiny import build_tiny_qwen
 
-    d = tmp_path_factory.mktemp("tiny_qwen")
-    specials = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tk = Tokenizer(models.BPE(unk_token=None))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.train_from_iterator(
-        _CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    from tokenizers import decoders
-
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None, unk_token=None
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(cfg).save_pretrained(d)
-    return d
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))

@@ -119,12 +119,14 @@ def build_embedder(
     meta_queries: int = 4,
     meta_heads: int = 1,
     dtype: str = "float32",
+    compile: bool = False,
 ) -> Embedder:
     """An :class:`Embedder` from a local model folder (``minilm`` = the packaged MiniLM).
 
     ``pooling`` is ``mean``, ``cls``, ``last`` or ``meta`` (``meta_queries`` learnable tokens per
     head, ``meta_heads`` heads). ``dtype``: ``float32``, ``bfloat16`` (autocast) or ``auto`` (bf16
-    on a GPU or an AMX CPU, else fp32).
+    on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32). ``compile``: ``torch.compile`` the backbone with weight
+    freezing (inference only; about 15-30 s once, then ~1.1x faster fp32 on CPU, measured here).
     """
     backbone, tok = load_backbone(model_path)
     if pooling == "meta":
@@ -133,6 +135,8 @@ def build_embedder(
         pool: nn.Module = MetaQueries(int(backbone.config.hidden_size), meta_queries, meta_heads, std)
     else:
         pool = make_pooling(pooling)
+    if compile:
+        backbone = cast(PreTrainedModel, torch.compile(backbone, dynamic=True, options={"freezing": True}))
     return Embedder(
         backbone, tok, pool, max_length=max_length, instruction=instruction, compute_dtype=auto_dtype(dtype)
     )

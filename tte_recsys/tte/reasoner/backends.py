@@ -86,7 +86,7 @@ class HFReasoner:
         batch_size: prompts per ``generate`` call (sorted by length to limit padding).
         do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
         repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
-        dtype: ``auto`` (bf16 on a GPU or an AMX CPU, else fp32), ``float32`` or ``bfloat16``.
+        dtype: ``auto`` (bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32), ``float32`` or ``bfloat16``.
     """
 
     def __init__(

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.lora import add_lora, load_lora, save_lora
+
+TEXTS = ["a comedy film", "office paper and pens", "calculator"]
+
+
+def test_lora_trains_only_adapters_and_round_trips(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    base = build_embedder(str(tiny_qwen_dir), pooling="meta", meta_queries=2)
+    before = base.encode(TEXTS)
+    emb = add_lora(base, r=4)
+    trainable = {n for n, p in emb.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("pooling.") for n in trainable)
+    opt = torch.optim.SGD([p for p in emb.parameters() if p.requires_grad], lr=0.5)
+    batch = emb._batch(emb._token_ids(TEXTS))
+    for _ in range(3):
+        opt.zero_grad()
+        v = emb(**batch).reshape(3, -1)
+        (v @ v.T).sum().backward()  # any loss that moves the trainable weights
+        opt.step()
+    trained = emb.encode(TEXTS)
+    assert not np.allclose(trained, before, atol=1e-4)
+    save_lora(emb, tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").is_file()
+    fresh = load_lora(build_embedder(str(tiny_qwen_dir), pooling="meta", meta_queries=2), tmp_path / "lora")
+    np.testing.assert_allclose(fresh.encode(TEXTS), trained, atol=1e-5)
