@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 from tte_recsys.artifacts import atomic_path, read_manifest, write_manifest
 from tte_recsys.tte.embedder import Embedder
@@ -24,7 +26,8 @@ def add_lora(
 ) -> Embedder:
     """Wrap the backbone with LoRA adapters; only the adapters (and any pooling parameters) train."""
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
-    embedder.backbone = get_peft_model(embedder.backbone, cfg)
+    # A PeftModel forwards the wrapped model's interface (config, forward, embeddings).
+    embedder.backbone = cast(PreTrainedModel, get_peft_model(embedder.backbone, cfg))
     return embedder
 
 
@@ -45,7 +48,8 @@ def load_lora(embedder: Embedder, adapter_dir: str | Path, trainable: bool = Fal
     """Load adapters saved by :func:`save_lora` onto an embedder built from the same base model."""
     d = Path(adapter_dir)
     read_manifest(d, kind="lora")
-    embedder.backbone = PeftModel.from_pretrained(embedder.backbone, d / "adapter", is_trainable=trainable)
+    peft = PeftModel.from_pretrained(embedder.backbone, d / "adapter", is_trainable=trainable)
+    embedder.backbone = cast(PreTrainedModel, peft)
     if (d / _POOLING).is_file():
         embedder.pooling.load_state_dict(load_file(str(d / _POOLING)))
     return embedder
