@@ -93,3 +93,31 @@ def test_meta_queries_train_alone_on_a_frozen_backbone(tiny_qwen_dir: Path) -> N
     assert e.pooling.queries.grad is not None and e.pooling.queries.grad.abs().sum() > 0
     assert all(p.grad is None for p in e.backbone.parameters())
     assert e.encode(TEXTS).shape == (4, 2, 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tte_recsys.tte.tiny import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_vl"))
+
+
+def test_image_item_embeds_with_a_vision_language_backbone(tiny_vl_dir: Path, tmp_path: Path) -> None:
+    from tte_recsys.tte.cards import render_card
+    from tte_recsys.tte.items import ItemInput
+
+    card = tmp_path / "card.png"
+    render_card(ItemInput("1", {"title": "Heat (1995)"}), card, chart={"4": 3, "5": 9})
+    other = tmp_path / "blank.png"
+    render_card(ItemInput("2", {"title": ""}), other)
+    e = build_embedder(str(tiny_vl_dir), pooling="last")
+    assert e.vision is not None
+    v = e.encode(["a movie", "a movie", "text only"], images=[str(card), str(other), None], batch_size=2)
+    assert v.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(v[0], v[1], atol=1e-4)  # the image changes the vector
+    np.testing.assert_allclose(
+        e.encode(["a movie"], images=[str(card)])[0], v[0], atol=1e-4
+    )  # batching-invariant
+    with pytest.raises(FileNotFoundError, match=r"image .*missing.png not found"):
+        e.encode(["x"], images=[str(tmp_path / "missing.png")])

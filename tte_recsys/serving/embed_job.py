@@ -66,6 +66,11 @@ def embed_catalog(
     batch_size: int = 64,
 ) -> dict[str, int]:
     """Embed this rank's shards of ``items`` into ``out_dir/shards``; returns counts (written, skipped)."""
+    empty = [it.item_id for it in items if it.is_empty]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} item(s) have no text and no image (e.g. {empty[:5]}); nothing to embed"
+        )
     spec.check_or_write(out_dir)
     traces = traces or {}
     n_shards = math.ceil(len(items) / spec.shard_size)
@@ -78,7 +83,9 @@ def embed_catalog(
             continue
         chunk = items[c * spec.shard_size : (c + 1) * spec.shard_size]
         texts = [embedding_text(it, traces.get(it.item_id)) for it in chunk]
-        vecs = embedder.encode(texts, batch_size=batch_size)  # (n, D) or (n, H, D)
+        vecs = embedder.encode(
+            texts, batch_size=batch_size, images=[it.image_path for it in chunk]
+        )  # (n, D) or (n, H, D)
         vecs = vecs.reshape(len(chunk), -1).astype(np.float32)  # (n, D')
         frame = pl.DataFrame(
             {

@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-__all__ = ["CHAT_TEMPLATE", "build_tiny_qwen", "tiny_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "VISION_TOKENS", "build_tiny_qwen", "build_tiny_qwen2_vl", "tiny_tokenizer"]
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -65,4 +65,52 @@ def build_tiny_qwen(out_dir: str | Path, hidden: int = 32, layers: int = 2, seed
         tie_word_embeddings=True,
     )
     Qwen2ForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random Qwen2-VL (vision depth 1, text hidden 32) + tokenizer + image processor."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    d = Path(out_dir)
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tok.save_pretrained(d)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(d)
+    vs, ve, img, vid = tok.convert_tokens_to_ids(VISION_TOKENS)
+    torch.manual_seed(seed)
+    cfg = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "bos_token_id": None,
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+        },
+        image_token_id=img,
+        video_token_id=vid,
+        vision_start_token_id=vs,
+        vision_end_token_id=ve,
+    )
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(d)
     return d
