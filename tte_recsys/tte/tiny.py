@@ -8,6 +8,7 @@ are saved like any Hugging Face model folder, so the code under test loads them 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -80,7 +81,7 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
     tok.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
     tok.save_pretrained(d)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(d)
-    vs, ve, img, vid = tok.convert_tokens_to_ids(VISION_TOKENS)
+    vs, ve, img, vid = cast(list[int], tok.convert_tokens_to_ids(VISION_TOKENS))
     torch.manual_seed(seed)
     cfg = Qwen2VLConfig(
         text_config={

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoImageProcessor, PreTrainedTokenizerBase
+from transformers import AutoImageProcessor, PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = ["ImageInputs", "VisionAdapter"]
 
@@ -26,12 +26,12 @@ class ImageInputs:
 class VisionAdapter:
     """Turns image paths into model inputs for a Qwen2-VL-family checkpoint folder."""
 
-    def __init__(self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: object) -> None:
+    def __init__(self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
         self.processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         self.image_token_id = int(config.image_token_id)
         self.start_id = int(config.vision_start_token_id)
         self.end_id = int(config.vision_end_token_id)
-        self.merge = int(config.vision_config.spatial_merge_size)  # type: ignore[attr-defined]
+        self.merge = int(config.vision_config.spatial_merge_size)
 
     def prepare(self, path: str) -> ImageInputs:
         p = Path(path)
