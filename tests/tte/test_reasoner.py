@@ -147,3 +147,26 @@ def test_file_reasoner(tmp_path: Path) -> None:
     assert out[0] == "it is a thing" and isinstance(out[1], KeyError)
     with pytest.raises(FileNotFoundError, match="trace file not found"):
         FileReasoner(str(tmp_path / "missing.parquet"))
+
+
+def test_hf_reasoner_with_a_vision_language_model(tmp_path: Path) -> None:
+    from tte_recsys.tte.cards import render_card
+    from tte_recsys.tte.tiny import build_tiny_qwen2_vl
+
+    vl = build_tiny_qwen2_vl(tmp_path / "vl")
+    card = tmp_path / "card.png"
+    render_card(ItemInput("1", {"title": "Heat (1995)"}), card, chart={"4": 3, "5": 9})
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    r = HFReasoner(str(vl), max_new_tokens=5, batch_size=4, do_sample=True, seed=0)
+    assert r.vision is not None
+    reqs = [
+        TraceRequest("img", T.messages("a movie"), str(card)),
+        TraceRequest("txt", T.messages("a movie")),
+        TraceRequest("bad", T.messages("a movie"), str(bad)),
+    ]
+    out = r.generate(reqs)
+    assert isinstance(out[0], str) and isinstance(out[1], str)
+    assert isinstance(out[2], ValueError) and "cannot be read" in str(out[2])
+    ids, image = r._inputs(reqs[0])
+    assert image is not None and ids.count(r.vision.image_token_id) == len(image.token_ids) - 2

@@ -14,11 +14,20 @@ from typing import Protocol, cast, runtime_checkable
 import polars as pl
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
+from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
 __all__ = ["FileReasoner", "HFReasoner", "NoReasoner", "Reasoner", "TraceRequest"]
+
+_IMAGE_MARK = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2-VL's image slot in a user turn
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,9 @@ class FileReasoner:
 
 
 class HFReasoner:
-    """A local transformers causal LM: batched, left-padded ``generate``.
+    """A local transformers causal LM or vision-language model: batched, left-padded ``generate``.
+
+    Vision-language checkpoints (Qwen2-VL family) get the request's image in the user turn.
 
     Args:
         model_path: local folder (safetensors; see ``tte_recsys.tte.convert`` for GGUF files).
@@ -110,10 +121,15 @@ class HFReasoner:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
+        config = AutoConfig.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
+        # Vision-language checkpoints (Qwen2-VL family) generate through their image-text-to-text class.
+        is_vl = getattr(config, "vision_config", None) is not None
+        auto = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
+        model = auto.from_pretrained(
             d, local_files_only=True, dtype=auto_dtype(dtype), trust_remote_code=trust_remote_code
         )
         self.model = cast(PreTrainedModel, nn.Module.to(model, device)).eval()
+        self.vision = VisionAdapter(d, self.tokenizer, config) if is_vl else None
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed
         self.repetition_penalty = repetition_penalty
@@ -122,23 +138,43 @@ class HFReasoner:
         self.reasoner_id = f"hf:{d.name}:{max_new_tokens}:{mode}"
         self.calls = 0
 
-    def _prompt(self, r: TraceRequest) -> str:
-        return str(self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
+    def _inputs(self, r: TraceRequest) -> tuple[list[int], ImageInputs | None]:
+        """Prompt token ids; with an image (VL models), the user turn starts with its vision tokens."""
+        messages = [dict(m) for m in r.messages]
+        image = self.vision.prepare(r.image_path) if self.vision is not None and r.image_path else None
+        if image is not None:
+            messages[-1]["content"] = _IMAGE_MARK + messages[-1]["content"]
+        text = str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if image is not None:
+            at = ids.index(image.token_ids[0])  # expand the one <|image_pad|> to the image's patch count
+            ids = ids[:at] + image.token_ids + ids[at + 3 :]
+        return ids, image
 
     @torch.inference_mode()
     def generate(self, requests: list[TraceRequest]) -> list[str | Exception]:
-        prompts = [self._prompt(r) for r in requests]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        out: list[str | Exception] = [""] * len(prompts)
+        out: list[str | Exception] = [""] * len(requests)
+        prepared: dict[int, tuple[list[int], ImageInputs | None]] = {}
+        for i, r in enumerate(requests):
+            try:
+                prepared[i] = self._inputs(r)
+            except (OSError, ValueError) as e:  # an unreadable image fails its item, not the batch
+                out[i] = e
+        order = sorted(prepared, key=lambda i: len(prepared[i][0]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.model.device)
+            enc = self.tokenizer.pad(
+                {"input_ids": [prepared[i][0] for i in idx]}, padding=True, return_tensors="pt"
+            )
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            if self.vision is not None:
+                images = [im for i in idx if (im := prepared[i][1]) is not None]
+                inputs.update(self.vision.batch_extras(inputs["input_ids"], images))
+            inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
             if self.do_sample:
                 torch.manual_seed(self.seed + start)
             gen = self.model.generate(
-                **enc,
+                **inputs,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=self.do_sample,
                 temperature=self.temperature if self.do_sample else None,
@@ -148,9 +184,7 @@ class HFReasoner:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             self.calls += 1
-            new = gen[
-                :, enc["input_ids"].shape[1] :
-            ]  # (b, T_new): left padding puts every prompt end at the same column
+            new = gen[:, inputs["input_ids"].shape[1] :]  # left padding: every prompt ends at the same column
             for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 out[i] = text
         return out
