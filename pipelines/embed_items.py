@@ -11,33 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import polars as pl
 from omegaconf import DictConfig
 
 from tte_recsys import distributed
-from tte_recsys.artifacts import read_manifest
 from tte_recsys.runs import finish_run, load_dataset, output_dir
 from tte_recsys.serving.embed_job import JobSpec, embed_catalog
 from tte_recsys.tte.embedder import build_embedder
-from tte_recsys.tte.items import ItemInput, item_inputs
-from tte_recsys.tte.reasoner.prompts import ParsedTrace
+from tte_recsys.tte.items import item_inputs
+from tte_recsys.tte.reasoner.generate import load_trace_texts
 
 log = logging.getLogger(__name__)
-
-
-def load_traces(traces_dir: str, items: list[ItemInput]) -> tuple[dict[str, str], str]:
-    """item_id -> trace text for items whose content still matches (hash), and the trace version."""
-    m = read_manifest(traces_dir, kind="generate_traces")
-    df = pl.read_parquet(Path(traces_dir) / "traces.parquet")
-    current = pl.DataFrame(
-        {"item_id": [it.item_id for it in items], "content_hash": [it.content_hash() for it in items]}
-    )
-    df = df.join(current, on=["item_id", "content_hash"], how="semi")
-    texts = (
-        (i, ParsedTrace(t, s).text) for i, t, s in df.select("item_id", "thinking", "summary").iter_rows()
-    )
-    traces = {i: text for i, text in texts if text}
-    return traces, f"{m['summary']['reasoner_id']}|{m['summary']['prompt']}"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -45,7 +28,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     ds = load_dataset(cfg.data)
     items = item_inputs(ds, list(cfg.data.content_fields))
-    traces, trace_version = load_traces(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
+    traces, trace_version = load_trace_texts(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
     e = cfg.embedder
     embedder = build_embedder(
         str(e.model_path),

@@ -22,7 +22,7 @@ from tte_recsys.artifacts import write_json, write_parquet
 from tte_recsys.runs import finish_run, load_dataset, output_dir
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.cache import KEY, TraceCache
-from tte_recsys.tte.reasoner.generate import generate_traces
+from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces
 from tte_recsys.tte.reasoner.prompts import get_template
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "reasoner_id": reasoner.reasoner_id,
         "prompt": template.key,
         "world_size": world,
+        **TraceSummary.merge(summaries),
     }
-    for key in ("generated", "cached", "failed", "model_calls"):
-        merged[key] = sum(int(s[key]) for s in summaries)
-    merged["failure_reasons"] = {}
-    for s in summaries:
-        for reason, n in s["failure_reasons"].items():
-            merged["failure_reasons"][reason] = merged["failure_reasons"].get(reason, 0) + n
-    merged["failed_examples"] = {k: v for s in summaries for k, v in s["failed_examples"].items()}
     if rank == 0:
         keys = pl.DataFrame(
             {

@@ -11,7 +11,7 @@ import pytest
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import FileReasoner, HFReasoner, TraceRequest
 from tte_recsys.tte.reasoner.cache import CacheCorruptError, TraceCache
-from tte_recsys.tte.reasoner.generate import generate_traces
+from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces
 from tte_recsys.tte.reasoner.prompts import PromptTemplate, get_template
 
 T = get_template("item_card")
@@ -170,3 +170,12 @@ def test_hf_reasoner_with_a_vision_language_model(tmp_path: Path) -> None:
     assert isinstance(out[2], ValueError) and "cannot be read" in str(out[2])
     ids, image = r._inputs(reqs[0])
     assert image is not None and ids.count(r.vision.image_token_id) == len(image.token_ids) - 2
+
+
+def test_summaries_of_ranks_merge() -> None:
+    a = TraceSummary(generated=2, cached=1, failed={"x": "RuntimeError: no"}, model_calls=1).as_dict()
+    b = TraceSummary(generated=1, failed={"y": "RuntimeError: no", "z": "empty_item: nothing"}).as_dict()
+    m = TraceSummary.merge([a, b])
+    assert (m["generated"], m["cached"], m["failed"], m["model_calls"]) == (3, 1, 3, 1)
+    assert m["failure_reasons"] == {"RuntimeError": 2, "empty_item": 1}
+    assert set(m["failed_examples"]) == {"x", "y", "z"}

@@ -7,16 +7,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from tqdm.auto import tqdm
 
+from tte_recsys.artifacts import read_manifest
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import Reasoner, TraceRequest
 from tte_recsys.tte.reasoner.cache import KEY, TraceCache
-from tte_recsys.tte.reasoner.prompts import PromptTemplate, parse_trace
+from tte_recsys.tte.reasoner.prompts import ParsedTrace, PromptTemplate, parse_trace
 
-__all__ = ["TraceSummary", "generate_traces"]
+__all__ = ["TraceSummary", "generate_traces", "load_trace_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,19 @@ class TraceSummary:
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     model_calls: int = 0
+
+    @staticmethod
+    def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Sum per-rank :meth:`as_dict` results into one."""
+        out: dict[str, Any] = {
+            k: sum(int(p[k]) for p in parts) for k in ("generated", "cached", "failed", "model_calls")
+        }
+        reasons: Counter[str] = Counter()
+        for p in parts:
+            reasons.update(p["failure_reasons"])
+        out["failure_reasons"] = dict(reasons)
+        out["failed_examples"] = {k: v for p in parts for k, v in p["failed_examples"].items()}
+        return out
 
     def as_dict(self) -> dict[str, object]:
         reasons = Counter(r.split(":")[0] for r in self.failed.values())
@@ -116,3 +131,18 @@ def generate_traces(
     summary.model_calls = reasoner.calls - calls_before
     out = cache.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
     return out, summary
+
+
+def load_trace_texts(traces_dir: str | Path, items: Sequence[ItemInput]) -> tuple[dict[str, str], str]:
+    """Read a ``generate_traces`` folder (manifest verified): item_id -> trace text for items whose
+    content hash still matches (stale and empty traces are left out), and the trace version."""
+    m = read_manifest(traces_dir, kind="generate_traces")
+    df = pl.read_parquet(Path(traces_dir) / "traces.parquet")
+    current = pl.DataFrame(
+        {"item_id": [it.item_id for it in items], "content_hash": [it.content_hash() for it in items]}
+    )
+    df = df.join(current, on=["item_id", "content_hash"], how="semi")
+    texts = (
+        (i, ParsedTrace(t, s).text) for i, t, s in df.select("item_id", "thinking", "summary").iter_rows()
+    )
+    return {i: text for i, text in texts if text}, f"{m['summary']['reasoner_id']}|{m['summary']['prompt']}"
