@@ -3,7 +3,7 @@
 Same model (all-MiniLM-L6-v2, packaged), same MovieLens item texts (title + genres, as
 embed_items builds them), one process, 2 threads. Prints items/s, the ratio to the peer and
 the cosine agreement with the peer's vectors, for fp32, fp32 + torch.compile (freezing) and
-bf16 autocast (a faster mode used only where the CPU has AMX or a GPU is present).
+bf16 weights (a faster mode used only where the CPU has AMX or a GPU is present).
 
     python bench/embed.py [--items 9742]
 """

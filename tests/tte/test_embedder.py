@@ -121,3 +121,11 @@ def test_image_item_embeds_with_a_vision_language_backbone(tiny_vl_dir: Path, tm
     )  # batching-invariant
     with pytest.raises(FileNotFoundError, match=r"image .*missing.png not found"):
         e.encode(["x"], images=[str(tmp_path / "missing.png")])
+
+
+def test_bf16_weights_agree_with_fp32(minilm: Embedder) -> None:
+    fast = build_embedder("minilm", dtype="bfloat16")
+    assert next(fast.backbone.parameters()).dtype == torch.bfloat16
+    v = fast.encode(TEXTS)
+    assert v.dtype == np.float32
+    assert ((v * minilm.encode(TEXTS)).sum(1) > 0.999).all()
