@@ -67,7 +67,9 @@ def main() -> None:
         ref = st.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True)
         rows[name] = (len(texts) / (time.perf_counter() - t), None, 0.0)
     peer = rows[f"sentence-transformers (batch {a.batch})"][0]
-    modes = ["fp32", "compiled"] + (["bf16"] if cpu_has_fast_bf16() or torch.cuda.is_available() else [])
+    modes = ["fp32", "compiled", "onnx"] + (
+        ["bf16"] if cpu_has_fast_bf16() or torch.cuda.is_available() else []
+    )
     print(
         f"embedding {len(texts):,} MovieLens item texts with all-MiniLM-L6-v2 on {platform.machine()}, "
         f"torch {torch.__version__}, 2 threads; native bf16: {cpu_has_fast_bf16()}"

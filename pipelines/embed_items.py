@@ -36,6 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         max_length=int(e.max_length),
         instruction=str(e.instruction),
         dtype=str(e.dtype),
+        runtime=str(e.get("runtime", "torch")),
     )
     model_id = f"{Path(str(e.model_path)).name}|{e.pooling}|{e.max_length}|{e.dtype}|{e.instruction}"
     spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)

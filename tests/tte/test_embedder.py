@@ -129,3 +129,20 @@ def test_bf16_weights_agree_with_fp32(minilm: Embedder) -> None:
     v = fast.encode(TEXTS)
     assert v.dtype == np.float32
     assert ((v * minilm.encode(TEXTS)).sum(1) > 0.999).all()
+
+
+def test_onnx_runtime_matches_torch_and_exports_once(minilm: Embedder, tmp_path: Path) -> None:
+    fast = build_embedder("minilm", runtime="onnx", onnx_cache_dir=str(tmp_path))
+    (exported,) = tmp_path.glob("embedder-*.onnx")
+    stamp = exported.stat().st_mtime_ns
+    np.testing.assert_allclose(
+        fast.encode(TEXTS, batch_size=3), minilm.encode(TEXTS, batch_size=3), atol=1e-5
+    )
+    build_embedder("minilm", runtime="onnx", onnx_cache_dir=str(tmp_path))
+    assert exported.stat().st_mtime_ns == stamp  # reused, not exported again
+    with pytest.raises(ValueError, match=r"embedder.runtime='tvm': expected one of \['torch', 'onnx'\]"):
+        build_embedder("minilm", runtime="tvm")
+    with pytest.raises(
+        ValueError, match="runtime=onnx supports text-only embedders with mean/cls/last pooling"
+    ):
+        build_embedder("minilm", pooling="meta", runtime="onnx", onnx_cache_dir=str(tmp_path))
