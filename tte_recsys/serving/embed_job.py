@@ -4,7 +4,8 @@ Items are cut into fixed shards of ``shard_size`` (by item code); shard ``c`` be
 ``c % world_size``. Shard files are written atomically and skipped when present, so a killed job
 resumes, and the files do not depend on how many ranks wrote them. Only one shard's texts and
 vectors are in memory at a time. ``job.json`` pins what the folder holds (model, traces, items):
-resuming with another configuration is refused instead of mixing vectors.
+resuming with another configuration is refused instead of mixing vectors. With H meta-query
+heads the ``vector`` column holds the H unit vectors one after another (head-major, H x D values).
 """
 
 from __future__ import annotations
