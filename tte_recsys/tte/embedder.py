@@ -168,7 +168,7 @@ def build_embedder(
     on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32). ``compile``: ``torch.compile`` the backbone with weight
     freezing (inference only; about 15-30 s once, then ~1.1x faster fp32 on CPU, measured here).
     ``runtime``: ``torch``, or ``onnx`` (fp32 in ONNX Runtime, exported once into ``onnx_cache_dir``;
-    ~1.3x the torch path here, text-only).
+    text-only; not a consistent win on 2 cores here, see bench/embed.py).
     """
     backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype))
     vision = None

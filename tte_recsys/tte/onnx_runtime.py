@@ -1,8 +1,10 @@
 """ONNX Runtime execution of a text embedder (fp32): the same tokenisation, batching and results
 order as :class:`Embedder`, with backbone + pooling + normalisation exported once to ONNX.
 
-Measured here on all-MiniLM-L6-v2 (2 threads): 1.31x the PyTorch path at cosine 0.9999995 (ORT fuses
-attention, GELU and LayerNorm). Text-only; mean / cls / last-token pooling.
+Measured here on all-MiniLM-L6-v2 (2 threads, cosine 0.9999995 to PyTorch): 1.21-1.31x the PyTorch
+path on the first 3,000 MovieLens items, but 0.98x on the whole catalog in its own process: no
+consistent win on this 2-core machine (ORT's BERT optimizer fused no attention here either).
+Text-only; mean / cls / last-token pooling.
 """
 
 from __future__ import annotations
