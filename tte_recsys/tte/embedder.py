@@ -86,12 +86,17 @@ class Embedder(nn.Module):
     ) -> list[list[int]]:
         """Token ids per input; an image's vision tokens come first and are never truncated."""
         imgs = list(images) if images is not None else [None] * len(texts)
-        out = []
-        for text, img in zip(texts, imgs, strict=True):
-            prefix = img.token_ids if img is not None else []
-            budget = max(self.max_length - len(prefix), 1)
-            ids = self.tokenizer(self.instruction + text, truncation=True, max_length=budget)["input_ids"]
-            out.append([*prefix, *ids])
+        enc = self.tokenizer(  # one batched call: the fast tokenizer parallelises it
+            [self.instruction + t for t in texts], truncation=True, max_length=self.max_length
+        )
+        out = [list(x) for x in enc["input_ids"]]
+        for k, img in enumerate(imgs):
+            if img is not None:  # the image's tokens come first; the text gets what is left
+                budget = max(self.max_length - len(img.token_ids), 1)
+                ids = self.tokenizer(self.instruction + texts[k], truncation=True, max_length=budget)[
+                    "input_ids"
+                ]
+                out[k] = [*img.token_ids, *ids]
         return out
 
     def _batch(
