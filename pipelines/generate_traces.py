@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import polars as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -21,8 +20,8 @@ from tte_recsys import distributed
 from tte_recsys.artifacts import write_json, write_parquet
 from tte_recsys.runs import finish_run, load_dataset, output_dir
 from tte_recsys.tte.items import item_inputs
-from tte_recsys.tte.reasoner.cache import KEY, TraceCache
-from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces
+from tte_recsys.tte.reasoner.cache import TraceCache
+from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces, trace_keys
 from tte_recsys.tte.reasoner.prompts import get_template
 
 log = logging.getLogger(__name__)
@@ -48,15 +47,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **TraceSummary.merge(summaries),
     }
     if rank == 0:
-        keys = pl.DataFrame(
-            {
-                "item_id": [it.item_id for it in items],
-                "content_hash": [it.content_hash() for it in items],
-                "reasoner_id": reasoner.reasoner_id,
-                "prompt": template.key,
-            }
-        )
-        traces = cache.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
+        traces = cache.lookup(trace_keys(items, reasoner.reasoner_id, template.key))
         write_parquet(out / "traces.parquet", traces)
         write_json(out / "summary.json", merged)
         finish_run(out, "generate_traces", cfg, {"summary": merged, "items": traces.height})

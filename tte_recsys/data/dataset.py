@@ -75,23 +75,22 @@ class Dataset:
         keep = users.with_columns(pl.col("user_id").hash(seed).alias("h")).sort("h").head(n_users)
         inter = self.interactions.join(keep.select("user_id"), on="user_id", how="semi")
         items = self.items.join(inter.select(pl.col("item_id").unique()), on="item_id", how="semi")
-        rel = self.relations
-        if rel is not None:
-            rel = rel.filter(
-                pl.col("src_item_id").is_in(items["item_id"].implode())
-                & pl.col("dst_item_id").is_in(items["item_id"].implode())
-            )
-        return Dataset.build(self.name, items, inter.drop("item_idx", "user_idx"), rel)
+        return self._subset(items, inter)
 
     def head_items(self, n_items: int) -> Dataset:
         """A smaller dataset: the first ``n_items`` catalog items and the interactions and relations among them."""
         items = self.items.head(n_items)
+        return self._subset(
+            items, self.interactions.filter(pl.col("item_id").is_in(items["item_id"].implode()))
+        )
+
+    def _subset(self, items: pl.DataFrame, interactions: pl.DataFrame) -> Dataset:
+        """Rebuild with these items and interactions; relations keep only links among the items (codes renumbered)."""
         keep = items["item_id"].implode()
-        inter = self.interactions.filter(pl.col("item_id").is_in(keep)).drop("item_idx", "user_idx")
         rel = self.relations
         if rel is not None:
             rel = rel.filter(pl.col("src_item_id").is_in(keep) & pl.col("dst_item_id").is_in(keep))
-        return Dataset.build(self.name, items, inter, rel)
+        return Dataset.build(self.name, items, interactions.drop("item_idx", "user_idx"), rel)
 
     def save(self, out_dir: str | Path) -> None:
         """Write the canonical tables as parquet (codes are derived on load, not stored)."""

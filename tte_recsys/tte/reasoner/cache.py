@@ -66,6 +66,10 @@ class TraceCache:
         # Part names sort by writer then time; keep the last entry written for each key.
         return pl.concat(frames).sort("_part").unique(subset=list(KEY), keep="last").drop("_part")
 
+    def lookup(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """Cached rows for ``keys`` (the KEY columns), in the order of ``keys``; misses are absent."""
+        return self.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
+
     def append(self, rows: pl.DataFrame) -> Path | None:
         """Write ``rows`` (CACHE_SCHEMA columns) as a new part; nothing for an empty frame."""
         if rows.height == 0:

@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 from tte_recsys.artifacts import read_manifest
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import Reasoner, TraceRequest
-from tte_recsys.tte.reasoner.cache import KEY, TraceCache
+from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.prompts import ParsedTrace, PromptTemplate, parse_trace
 
-__all__ = ["TraceSummary", "generate_traces", "load_trace_texts"]
+__all__ = ["TraceSummary", "generate_traces", "load_trace_texts", "trace_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,18 @@ class TraceSummary:
         }
 
 
+def trace_keys(items: Sequence[ItemInput], reasoner_id: str, prompt: str) -> pl.DataFrame:
+    """The cache key of each item (item id, content hash, reasoner id, prompt), in item order."""
+    return pl.DataFrame(
+        {
+            "item_id": [it.item_id for it in items],
+            "content_hash": [it.content_hash() for it in items],
+            "reasoner_id": reasoner_id,
+            "prompt": prompt,
+        }
+    )
+
+
 def generate_traces(
     items: Sequence[ItemInput],
     reasoner: Reasoner,
@@ -73,17 +85,9 @@ def generate_traces(
     """
     summary = TraceSummary()
     calls_before = reasoner.calls
-    hashes = [it.content_hash() for it in items]
-    keys = pl.DataFrame(
-        {
-            "item_id": [it.item_id for it in items],
-            "content_hash": hashes,
-            "reasoner_id": reasoner.reasoner_id,
-            "prompt": template.key,
-        }
-    )
-    have = cache.load().join(keys, on=list(KEY), how="semi")
-    cached_ids = set(have["item_id"].to_list())
+    keys = trace_keys(items, reasoner.reasoner_id, template.key)
+    hashes = keys["content_hash"].to_list()
+    cached_ids = set(cache.lookup(keys)["item_id"].to_list())
     todo: list[tuple[ItemInput, str]] = []
     for it, h in zip(items, hashes, strict=True):
         if it.item_id in cached_ids:
@@ -129,8 +133,7 @@ def generate_traces(
         bar.update(len(chunk))
     bar.close()
     summary.model_calls = reasoner.calls - calls_before
-    out = cache.load().join(keys, on=list(KEY), how="inner", maintain_order="right")
-    return out, summary
+    return cache.lookup(keys), summary
 
 
 def load_trace_texts(traces_dir: str | Path, items: Sequence[ItemInput]) -> tuple[dict[str, str], str]:
