@@ -7,7 +7,6 @@ skipped); data-parallel under ``torchrun`` (each rank its own shards); rank 0 wr
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from tte_recsys import distributed
 from tte_recsys.runs import finish_run, load_dataset, output_dir
 from tte_recsys.serving.embed_job import JobSpec, embed_catalog
-from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.embedder import embedder_from_config
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.generate import load_trace_texts
 
@@ -29,18 +28,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = load_dataset(cfg.data)
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces, trace_version = load_trace_texts(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
-    e = cfg.embedder
-    embedder = build_embedder(
-        str(e.model_path),
-        pooling=str(e.pooling),
-        max_length=int(e.max_length),
-        instruction=str(e.instruction),
-        dtype=str(e.dtype),
-        runtime=str(e.get("runtime", "torch")),
-    )
-    model_id = f"{Path(str(e.model_path)).name}|{e.pooling}|{e.max_length}|{e.dtype}|{e.instruction}"
+    embedder, model_id = embedder_from_config(cfg.embedder)
     spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
-    stats = embed_catalog(items, embedder, out, spec, traces, rank, world, int(e.batch_size))
+    stats = embed_catalog(items, embedder, out, spec, traces, rank, world, int(cfg.embedder.batch_size))
     all_stats = distributed.all_gather_objects(stats)
     distributed.barrier()
     result = {k: sum(s[k] for s in all_stats) for k in stats}
@@ -49,13 +39,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finish_run(out, "embed_items", cfg, {"model_id": model_id, "trace_version": trace_version, **result})
         log.info("embed_items: %s", result)
     distributed.barrier()
-    distributed.shutdown()
     return result
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="embed_items")
 def main(cfg: DictConfig) -> None:
-    print(run(cfg))
+    try:
+        print(run(cfg))
+
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -53,14 +53,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finish_run(out, "generate_traces", cfg, {"summary": merged, "items": traces.height})
         log.info("traces: %s", {k: merged[k] for k in ("generated", "cached", "failed", "model_calls")})
     distributed.barrier()
-    distributed.shutdown()
     return merged
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="generate_traces")
 def main(cfg: DictConfig) -> None:
-    s = run(cfg)
-    print({k: s[k] for k in ("generated", "cached", "failed", "failure_reasons", "model_calls")})
+    try:
+        s = run(cfg)
+        print({k: s[k] for k in ("generated", "cached", "failed", "failure_reasons", "model_calls")})
+
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -96,13 +96,17 @@ class RelevanceLabeler:
 
     def matrix(self, items: np.ndarray) -> np.ndarray:
         """(B,) item codes -> (B, B) label matrix (diagonal included)."""
-        items = np.asarray(items, np.int64)
+        return self.cross(items, items)
+
+    def cross(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(A,) and (B,) item codes -> (A, B) labels of every (row, col) pair (a training batch's
+        triggers against its candidates)."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         if self._relation is not None:
-            return np.asarray(self._relation[items][:, items].todense(), dtype=np.float32)
-        acc = np.zeros((len(items), len(items)), dtype=np.float32)
+            return np.asarray(self._relation[rows][:, cols].todense(), dtype=np.float32)
+        acc = np.zeros((len(rows), len(cols)), dtype=np.float32)
         for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
-            sub = m[items]
-            inter = np.asarray((sub @ sub.T).todense(), dtype=np.float32)  # (B, B)
-            union = size[items][:, None] + size[items][None, :] - inter  # (B, B)
+            inter = np.asarray((m[rows] @ m[cols].T).todense(), dtype=np.float32)  # (A, B)
+            union = size[rows][:, None] + size[cols][None, :] - inter  # (A, B)
             acc += w * np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         return acc

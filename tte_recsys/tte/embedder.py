@@ -6,8 +6,9 @@ texts, batches of similar token length (sorted), results back in input order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from tte_recsys.tte.models import auto_dtype, load_backbone, resolve_model_dir
 from tte_recsys.tte.pooling import MetaQueries, make_pooling
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
-__all__ = ["Embedder", "build_embedder"]
+__all__ = ["Embedder", "build_embedder", "embedder_from_config"]
 
 
 class Embedder(nn.Module):
@@ -200,3 +201,19 @@ def build_embedder(
     if runtime != "torch":
         raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['torch', 'onnx']")
     return emb
+
+
+def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
+    """An embedder from an ``embedder`` config section, and its model id (what produced the vectors)."""
+    embedder = build_embedder(
+        str(e["model_path"]),
+        pooling=str(e["pooling"]),
+        max_length=int(e["max_length"]),
+        instruction=str(e["instruction"]),
+        dtype=str(e["dtype"]),
+        runtime=str(e.get("runtime", "torch")),
+    )
+    model_id = (
+        f"{Path(str(e['model_path'])).name}|{e['pooling']}|{e['max_length']}|{e['dtype']}|{e['instruction']}"
+    )
+    return embedder, model_id

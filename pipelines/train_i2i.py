@@ -1,0 +1,353 @@
+"""The main job: ``python -m pipelines.train_i2i [data=...] [experiment=...] [debug=tiny]``.
+
+Splits the log by time; gets the content vectors (the embedding job, after the reasoner's traces
+when one is configured); trains the MTMH model for each lambda of ``select.lams`` and the
+reference models (one head with lambda = 0; id-only); chooses lambda and the serving quota on
+the valid split; reports test metrics of everything against the classical baselines; draws
+the quota trade-off (``quota_tradeoff.png``); writes the chosen model's unsharded export
+(``export/``), ``report.json`` and ``report.md``. Runs under ``torchrun`` (pass ``hydra.run.dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tte_recsys import distributed
+from tte_recsys.config import EvalConfig, from_mapping
+from tte_recsys.data.dataset import Dataset
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.data.split import TemporalSplit, temporal_split
+from tte_recsys.evaluation.baselines import ContentCosine
+from tte_recsys.evaluation.protocol import evaluate_baselines, evaluate_retriever
+from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
+from tte_recsys.evaluation.report import write_report
+from tte_recsys.losses.mtmh import LossConfig
+from tte_recsys.models.mtmh import (
+    ContentTower,
+    FrozenContent,
+    ItemFeatures,
+    ModelConfig,
+    MTMHModel,
+    TrainableContent,
+)
+from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
+from tte_recsys.serving.embed_job import load_vectors
+from tte_recsys.serving.merge import HeadVectorsRetriever, quota_shares
+from tte_recsys.training.batches import PairBatches
+from tte_recsys.training.export import encode_items, save_export
+from tte_recsys.training.loop import TrainerConfig, TrainResult, fit
+from tte_recsys.training.sharding import process_group
+from tte_recsys.tte.embedder import embedder_from_config
+from tte_recsys.tte.items import embedding_text, item_inputs
+from tte_recsys.tte.lora import add_lora
+from tte_recsys.tte.reasoner.generate import load_trace_texts
+
+log = logging.getLogger(__name__)
+
+
+def _sub(cfg: DictConfig, **keys: Any) -> DictConfig:
+    """A child pipeline's config: the shared sections of ``cfg`` plus ``keys``."""
+    shared = {k: cfg[k] for k in ("data", "embedder", "reasoner") if k in cfg}
+    return OmegaConf.create({**OmegaConf.to_container(OmegaConf.create(shared), resolve=True), **keys})
+
+
+def _traces_dir(cfg: DictConfig, out: Path) -> str | None:
+    """The traces to embed with: ``traces_dir``, or generated here when a reasoner is configured."""
+    if cfg.traces_dir:
+        return str(cfg.traces_dir)
+    if str(cfg.reasoner.get("_target_", "")).endswith("NoReasoner"):
+        return None
+    from pipelines import generate_traces
+
+    sub = _sub(
+        cfg,
+        prompt=cfg.prompt,
+        cache_dir=cfg.cache_dir,
+        flush_every=cfg.flush_every,
+        output_dir=str(out / "traces"),
+    )
+    generate_traces.run(sub)
+    return str(out / "traces")
+
+
+def build_content(
+    cfg: DictConfig, model_cfg: ModelConfig, ds: Dataset, out: Path
+) -> tuple[ContentTower | None, dict[str, Any] | None]:
+    """The content tower the config asks for, and (trainable) the spec that rebuilds it."""
+    if model_cfg.content == "none":
+        return None, None
+    if model_cfg.content == "frozen":
+        folder = cfg.content_dir
+        if not folder:
+            from pipelines import embed_items
+
+            traces = _traces_dir(cfg, out)
+            folder = str(out / "content")
+            embed_items.run(_sub(cfg, traces_dir=traces, shard_size=cfg.shard_size, output_dir=folder))
+        vectors = load_vectors(str(folder))
+        table = torch.from_numpy(vectors.aligned(ds.items["item_id"].to_list()))
+        log.info(
+            "frozen content: %s (%s, traces %s), dim %d",
+            folder,
+            vectors.model_id,
+            vectors.trace_version,
+            table.shape[1],
+        )
+        return FrozenContent(table), None
+    items = item_inputs(ds, list(cfg.data.content_fields))
+    traces_dir = _traces_dir(cfg, out)
+    traces = load_trace_texts(traces_dir, items)[0] if traces_dir else {}
+    embedder, _ = embedder_from_config(cfg.embedder)
+    lora = OmegaConf.to_container(cfg.lora, resolve=True)
+    embedder = add_lora(embedder, **lora)  # type: ignore[arg-type]
+    spec = {
+        "embedder": {
+            k: cfg.embedder[k] for k in ("model_path", "pooling", "max_length", "instruction", "dtype")
+        },
+        "lora": lora,
+    }
+    return TrainableContent(embedder, [embedding_text(it, traces.get(it.item_id)) for it in items]), spec
+
+
+class Trainer:
+    """Trains one model variant on this split, with validation on rank 0."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        ds: Dataset,
+        split: TemporalSplit,
+        labeler: RelevanceLabeler,
+        features: ItemFeatures,
+        eval_cfg: EvalConfig,
+        out: Path,
+        rank: int,
+        world: int,
+    ) -> None:
+        self.cfg, self.ds, self.split, self.labeler, self.features = cfg, ds, split, labeler, features
+        self.eval_cfg, self.out, self.rank, self.world = eval_cfg, out, rank, world
+        self.trainer_cfg = from_mapping(TrainerConfig, cfg.trainer, "trainer")
+        pairs = split.train_pairs
+        self.src, self.dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
+
+    def vectors(self, model: MTMHModel, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        model.load_state_dict(state, strict=False)
+        return encode_items(model, self.features)
+
+    def valid_score(
+        self, eval_model: MTMHModel, state: dict[str, torch.Tensor]
+    ) -> tuple[float, dict[str, float]]:
+        vecs = self.vectors(eval_model, state)
+        first = eval_model.cfg.heads[0]
+        m = evaluate_retriever(
+            HeadVectorsRetriever(vecs, {first: 1.0}, first),
+            self.split.valid,
+            self.labeler,
+            self.ds.num_items,
+            self.eval_cfg,
+        )
+        key = f"recall@{self.eval_cfg.select_k}"
+        return m[key], {key: m[key]}
+
+    def train(
+        self, name: str, model_cfg: ModelConfig, loss_cfg: LossConfig, content: ContentTower | None
+    ) -> tuple[TrainResult, dict[str, np.ndarray] | None]:
+        tc = self.trainer_cfg
+        torch.manual_seed(tc.seed)
+        ne = self.features.num_embeddings()
+        model = MTMHModel(model_cfg, ne, content, device="meta")
+        eval_model = MTMHModel(model_cfg, ne, content, device="cpu") if self.rank == 0 else None
+        needs_labels = "semantic" in model_cfg.heads and loss_cfg.lam > 0
+        batches = PairBatches(
+            self.src,
+            self.dst,
+            self.features,
+            self.labeler if needs_labels else None,
+            tc.batch_size,
+            tc.seed,
+            self.rank,
+            self.world,
+        )
+        validate = partial(self.valid_score, eval_model) if eval_model is not None else None
+        res = fit(
+            model,
+            batches,
+            tc,
+            loss_cfg,
+            self.out / "checkpoints" / name,
+            validate,
+            resume=bool(self.cfg.resume),
+            desc=name,
+        )
+        vecs = (
+            self.vectors(eval_model, res.best_state)
+            if eval_model is not None and res.best_state is not None
+            else None
+        )
+        log.info(
+            "%s: best valid %.4f at step %d, %.1f steps/s",
+            name,
+            res.best_score,
+            res.best_step,
+            res.steps_per_sec,
+        )
+        return res, vecs
+
+
+def _sweep(
+    vecs: dict[str, np.ndarray],
+    heads: list[str],
+    shares: list[float],
+    which: Any,
+    labeler: RelevanceLabeler,
+    n: int,
+    eval_cfg: EvalConfig,
+) -> list[dict[str, Any]]:
+    pts = []
+    for s in shares if len(heads) > 1 else [1.0]:
+        r = HeadVectorsRetriever(vecs, quota_shares(heads, s), f"share={s}")
+        pts.append({"share": s, **evaluate_retriever(r, which, labeler, n, eval_cfg)})
+    return pts
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    rank, world = process_group()
+    out = output_dir(cfg)
+    pairs_cfg, split_cfg, label_cfg = data_configs(cfg.data)
+    eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
+    model_cfg = from_mapping(ModelConfig, cfg.model, "model")
+    loss_cfg = from_mapping(LossConfig, cfg.loss, "loss")
+    from_mapping(TrainerConfig, cfg.trainer, "trainer")  # fail on a bad trainer config before any work
+    lams = [float(x) for x in cfg.select.lams]
+    if any(lam < 0 for lam in lams):
+        raise ValueError(f"select.lams={lams}: lambda must be >= 0")
+    ds = load_dataset(cfg.data)
+    split = temporal_split(ds, pairs_cfg, split_cfg)
+    labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
+    features = ItemFeatures.from_items(ds.items, model_cfg.features)
+    content, content_spec = build_content(cfg, model_cfg, ds, out)
+    t = Trainer(cfg, ds, split, labeler, features, eval_cfg, out, rank, world)
+    k = eval_cfg.select_k
+    heads = list(model_cfg.heads)
+    shares = [float(s) for s in cfg.select.shares]
+
+    # MTMH for each lambda; lambda and quota chosen jointly on valid.
+    candidates: list[dict[str, Any]] = []
+    trained: dict[float, tuple[TrainResult, dict[str, np.ndarray] | None]] = {}
+    for lam in lams:
+        lc = dataclasses.replace(loss_cfg, lam=lam)
+        trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content)
+        vecs = trained[lam][1]
+        if vecs is not None:
+            for p in _sweep(vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg):
+                candidates.append({"lam": lam, **p})
+    choice = choose_point(candidates, k, float(cfg.select.recall_tolerance)) if rank == 0 else {}
+    lam = float(distributed.all_gather_objects(choice.get("lam", 0.0))[0])
+    share = float(distributed.all_gather_objects(choice.get("share", 1.0))[0])
+
+    refs: dict[str, tuple[TrainResult, dict[str, np.ndarray] | None, ModelConfig]] = {}
+    if cfg.compare.single_head:
+        sc = dataclasses.replace(model_cfg, heads=(heads[0],))
+        refs["single_head_lam0"] = (
+            *t.train("single_head_lam0", sc, dataclasses.replace(loss_cfg, lam=0.0, alpha=0.0), content),
+            sc,
+        )
+    if cfg.compare.id_only and model_cfg.content != "none":
+        ic = dataclasses.replace(model_cfg, content="none")
+        refs["id_only"] = (*t.train("id_only", ic, dataclasses.replace(loss_cfg, lam=lam), None), ic)
+
+    report: dict[str, Any] = {}
+    if rank == 0:
+        best_res, best_vecs = trained[lam]
+        assert best_vecs is not None and best_res.best_state is not None
+        extra = {}
+        if isinstance(content, FrozenContent):
+            extra["content"] = partial(ContentCosine, content.table.numpy())
+        mshares = quota_shares(heads, share)
+        extra[f"mtmh (K1/K={share:g}, lambda={lam:g})"] = partial(
+            HeadVectorsRetriever, best_vecs, mshares, "mtmh"
+        )
+        for h in heads:
+            extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, best_vecs, {h: 1.0}, h)
+        for name, (_, v, rc) in refs.items():
+            assert v is not None
+            extra[name] = partial(HeadVectorsRetriever, v, quota_shares(list(rc.heads), share), name)
+        methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
+        test_curve = _sweep(best_vecs, heads, shares, split.test, labeler, ds.num_items, eval_cfg)
+        valid_curve = [c for c in candidates if c["lam"] == lam]
+        plot_tradeoff(
+            out / "quota_tradeoff.png",
+            valid_curve,
+            test_curve,
+            k,
+            share,
+            title=f"{ds.name}: MTMH quota sweep (lambda={lam:g})",
+        )
+        save_export(
+            out / "export",
+            best_res.best_state,
+            model_cfg,
+            features,
+            ds.items["item_id"].to_list(),
+            content,
+            content_spec,
+            {"dataset": ds.name, "lam": lam, "share": share, "best_step": best_res.best_step},
+        )
+        report = {
+            "dataset": ds.name,
+            "dataset_stats": ds.stats(),
+            "split": split.stats(),
+            "eval": {"ks": sorted(eval_cfg.ks), "select_k": k},
+            "selection": {
+                **selection,
+                "mtmh": {
+                    "lam": lam,
+                    "share": share,
+                    "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
+                    "valid_points": candidates,
+                },
+            },
+            "training": {
+                name: {
+                    "best_step": r.best_step,
+                    "best_valid": r.best_score,
+                    "steps_per_sec": r.steps_per_sec,
+                    "stopped_early": r.stopped_early,
+                    "valid": r.valid,
+                    "final_loss": r.losses[-1] if r.losses else None,
+                }
+                for name, (r, _) in [
+                    *((f"mtmh_lam{x:g}", v) for x, v in trained.items()),
+                    *((n, (r, v)) for n, (r, v, _) in refs.items()),
+                ]
+            },
+            "quota_test_curve": test_curve,
+            "methods": methods,
+            "world_size": world,
+        }
+        table = write_report(out, report, title=f"MTMH I2I: {ds.name}")
+        finish_run(out, "train_i2i", cfg)
+        print(table)
+    distributed.barrier()
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train_i2i")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training the MTMH model: batches, sharding plan, optimizers, loop, checkpoints and export."""

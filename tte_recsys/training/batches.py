@@ -1,0 +1,159 @@
+"""Training batches of (trigger, co-engaged target) pairs, built in DataLoader workers.
+
+Batches are indexed by *global step*: step ``s`` is batch ``s % steps_per_epoch`` of epoch
+``s // steps_per_epoch``, whose pair order is a permutation seeded by (seed, epoch). Every rank
+builds the same global batch and keeps its slice of triggers, so a run resumes at any step, and
+2 processes see exactly the batches 1 process sees. Each rank's candidates are every rank's
+targets (gathered in the loop), so the label matrix and the logQ terms cover the global batch.
+Everything here is numpy (no polars in workers: pitfalls.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchrec import KeyedJaggedTensor
+
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.models.mtmh import ItemFeatures
+
+__all__ = ["Batch", "PairBatches", "batch_loader"]
+
+
+@dataclass
+class Batch:
+    """One rank's share of a global batch.
+
+    Attributes:
+        features: KJT over ``codes`` (this rank's b triggers, then its b targets).
+        codes: (2b,) item codes.
+        pos: (b,) index of each trigger's own target among the global candidates.
+        labels: (b, B) relevance of each trigger to every global candidate (None: not needed).
+        log_q: (B,) log frequency of each global candidate as a training target.
+        mask: (b, B) True where a candidate is the same item as the row's positive.
+    """
+
+    features: KeyedJaggedTensor
+    codes: torch.Tensor
+    pos: torch.Tensor
+    labels: torch.Tensor | None
+    log_q: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.features.to(device),
+            self.codes.to(device),
+            self.pos.to(device),
+            None if self.labels is None else self.labels.to(device),
+            self.log_q.to(device),
+            self.mask.to(device),
+        )
+
+
+class PairBatches(Dataset[dict[str, np.ndarray]]):
+    """Map-style dataset: global step -> this rank's batch arrays (see :func:`collate`).
+
+    Args:
+        src, dst: (P,) train pair item codes (each unique directed pair once per epoch).
+        features: item features for the KJT.
+        labeler: relevance labels for the semantic loss (None: no labels built).
+        batch_size: global batch size (divisible by ``world_size``).
+    """
+
+    def __init__(
+        self,
+        src: np.ndarray,
+        dst: np.ndarray,
+        features: ItemFeatures,
+        labeler: RelevanceLabeler | None,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(
+                f"trainer.batch_size={batch_size} must be divisible by the world size {world_size}"
+            )
+        if len(src) < batch_size:
+            raise ValueError(
+                f"only {len(src)} training pairs for trainer.batch_size={batch_size}: lower the batch size"
+            )
+        self.src, self.dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+        self.features, self.labeler = features, labeler
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        counts = np.bincount(self.dst, minlength=features.num_items).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            self.log_q = np.log(counts / counts.sum()).astype(np.float32)  # (N,)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.src) // self.batch_size
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def pairs_of_step(self, step: int) -> np.ndarray:
+        """Indices of the global batch's pairs."""
+        epoch, g = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.src)))
+        return self._perm[1][g * self.batch_size : (g + 1) * self.batch_size]
+
+    def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+        idx = self.pairs_of_step(step)
+        src, dst = self.src[idx], self.dst[idx]  # (B,)
+        b = self.batch_size // self.world
+        lo = self.rank * b
+        q, t = src[lo : lo + b], dst[lo : lo + b]  # (b,)
+        codes = np.concatenate([q, t])
+        values, lengths = self.features.lookup(codes)
+        out = {
+            "codes": codes,
+            "values": values,
+            "lengths": lengths,
+            "pos": np.arange(lo, lo + b),
+            "log_q": self.log_q[dst],
+            "mask": t[:, None] == dst[None, :],
+        }
+        if self.labeler is not None:
+            out["labels"] = self.labeler.cross(q, dst)
+        return out
+
+
+def collate(keys: list[str], arrays: dict[str, np.ndarray]) -> Batch:
+    """Worker arrays -> a :class:`Batch` (the KJT is built here, in the main process)."""
+    labels = arrays.get("labels")
+    return Batch(
+        features=KeyedJaggedTensor.from_lengths_sync(
+            keys=keys,
+            values=torch.from_numpy(arrays["values"]),
+            lengths=torch.from_numpy(arrays["lengths"]).to(torch.int32),
+        ),
+        codes=torch.from_numpy(arrays["codes"]),
+        pos=torch.from_numpy(arrays["pos"]),
+        labels=None if labels is None else torch.from_numpy(labels),
+        log_q=torch.from_numpy(arrays["log_q"]),
+        mask=torch.from_numpy(arrays["mask"]),
+    )
+
+
+def batch_loader(batches: PairBatches, start: int, stop: int, num_workers: int) -> Iterator[Batch]:
+    """Batches for global steps ``start .. stop - 1``, prepared by ``num_workers`` worker processes."""
+    loader = DataLoader(
+        batches,
+        batch_size=None,  # items are whole batches already
+        sampler=range(start, stop),
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    keys = batches.features.names
+    for arrays in loader:
+        yield collate(keys, {k: np.asarray(v) for k, v in arrays.items()})

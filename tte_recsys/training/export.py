@@ -1,0 +1,164 @@
+"""The unsharded model export: what serving, evaluation and any world size load.
+
+A folder with ``model.safetensors`` (every weight, tables gathered whole; a frozen content
+table as ``content.table``), ``features.safetensors`` (each item's categorical feature codes),
+``items.parquet`` (item id per code, and the item text for a trainable content tower),
+``model.json`` (shapes, heads, vocabularies, how to rebuild the content tower) and a manifest.
+:func:`load_export` verifies the manifest and rebuilds a plain ``MTMHModel`` (an unsharded
+EBC: no process group, no TorchRec sharding) in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from tte_recsys.artifacts import atomic_path, read_manifest, write_json, write_manifest, write_parquet
+from tte_recsys.models.mtmh import (
+    ContentTower,
+    FrozenContent,
+    ItemFeatures,
+    ModelConfig,
+    MTMHModel,
+    TrainableContent,
+)
+
+__all__ = ["ExportedModel", "encode_items", "load_export", "save_export"]
+
+KIND = "mtmh_export"
+_CONTENT_KEY = "content.table"
+
+
+def save_export(
+    out_dir: str | Path,
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    features: ItemFeatures,
+    item_ids: Sequence[str],
+    content: ContentTower | None,
+    content_spec: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the export folder (manifest last).
+
+    Args:
+        state: the unsharded model state (from :func:`~tte_recsys.training.sharding.unsharded_state`).
+        content_spec: for a trainable tower, the ``build_embedder`` and ``add_lora`` arguments that
+            rebuild it (its weights are in ``state``).
+        extra: more manifest fields (training summary, metrics).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if isinstance(content, FrozenContent):
+        weights[_CONTENT_KEY] = content.table.detach().cpu().contiguous()
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(weights, str(tmp))
+    feats = {f"offsets/{f}": torch.from_numpy(features.offsets[f]) for f in features.vocab}
+    feats |= {f"values/{f}": torch.from_numpy(features.values[f]) for f in features.vocab}
+    with atomic_path(out / "features.safetensors") as tmp:
+        save_file(feats, str(tmp))
+    items = pl.DataFrame({"item_id": list(item_ids)}).with_row_index("item_idx")
+    if isinstance(content, TrainableContent):
+        items = items.with_columns(pl.Series("text", content.texts))
+    write_parquet(out / "items.parquet", items)
+    write_json(
+        out / "model.json",
+        {
+            "model": dataclasses.asdict(cfg),
+            "num_embeddings": features.num_embeddings(),
+            "vocab": features.vocab,
+            "content_dim": content.dim if content is not None else 0,
+            "content_spec": content_spec,
+        },
+    )
+    write_manifest(out, KIND, {"heads": list(cfg.heads), "head_dim": cfg.head_dim, **(extra or {})})
+
+
+@dataclass
+class ExportedModel:
+    """A loaded export: the plain model (eval mode), its item features and ids."""
+
+    model: MTMHModel
+    features: ItemFeatures
+    item_ids: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.model.cfg.heads)
+
+    def encode(self, codes: np.ndarray | None = None, batch_size: int = 4096) -> dict[str, np.ndarray]:
+        return encode_items(self.model, self.features, codes, batch_size)
+
+
+def load_export(export_dir: str | Path) -> ExportedModel:
+    """Verify and load an export folder written by :func:`save_export`."""
+    d = Path(export_dir)
+    manifest = read_manifest(d, kind=KIND)
+    meta = json.loads((d / "model.json").read_text())
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = ModelConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items() if k in fields}
+    )
+    state = load_file(str(d / "model.safetensors"))
+    feats = load_file(str(d / "features.safetensors"))
+    items = pl.read_parquet(d / "items.parquet")
+    vocab: dict[str, list[str]] = meta["vocab"]
+    features = ItemFeatures(
+        num_items=items.height,
+        vocab=vocab,
+        offsets={f: feats[f"offsets/{f}"].numpy() for f in vocab},
+        values={f: feats[f"values/{f}"].numpy() for f in vocab},
+    )
+    content: ContentTower | None = None
+    if cfg.content == "frozen":
+        content = FrozenContent(state.pop(_CONTENT_KEY))
+    elif cfg.content == "trainable":
+        from tte_recsys.tte.embedder import build_embedder
+        from tte_recsys.tte.lora import add_lora
+
+        spec = meta["content_spec"] or {}
+        emb = build_embedder(**spec.get("embedder", {}))
+        if spec.get("lora") is not None:
+            emb = add_lora(emb, **spec["lora"])
+        content = TrainableContent(emb, items["text"].to_list())
+    model = MTMHModel(cfg, meta["num_embeddings"], content, device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{d}/model.safetensors does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.eval()
+    return ExportedModel(model, features, items["item_id"].to_list(), manifest)
+
+
+@torch.no_grad()
+def encode_items(
+    model: MTMHModel, features: ItemFeatures, codes: np.ndarray | None = None, batch_size: int = 4096
+) -> dict[str, np.ndarray]:
+    """Per-head unit vectors of items (all items when ``codes`` is None): head -> (n, head_dim)."""
+    codes = np.arange(features.num_items) if codes is None else np.asarray(codes, np.int64)
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {h: [] for h in model.cfg.heads}
+    for start in tqdm(
+        range(0, len(codes), batch_size), desc="encode items", leave=False, disable=len(codes) <= batch_size
+    ):
+        c = codes[start : start + batch_size]
+        vecs = model(features.kjt(c), torch.from_numpy(c))
+        for h, v in vecs.items():
+            out[h].append(v.float().cpu().numpy())
+    model.train(was_training)
+    dim = model.cfg.head_dim
+    return {h: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for h, v in out.items()}

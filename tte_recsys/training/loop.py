@@ -1,0 +1,222 @@
+"""The training loop: sharded model, combined optimizer, validation with early stopping,
+checkpoints and resume. Runs alone or under ``torchrun`` (gloo on CPU, nccl on GPU).
+
+Every rank computes its triggers' and targets' embeddings; the targets of all ranks are
+gathered (with gradients) so each rank scores against the whole global batch, which makes a
+2-process run follow the 1-process loss curve (up to floating-point summation order).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from tte_recsys.artifacts import atomic_path
+from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
+from tte_recsys.models.mtmh import MTMHModel
+from tte_recsys.training.batches import PairBatches, batch_loader
+from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
+
+__all__ = ["TrainResult", "TrainerConfig", "fit"]
+
+log = logging.getLogger(__name__)
+Validate = Callable[[dict[str, torch.Tensor]], tuple[float, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation and bookkeeping.
+
+    Attributes:
+        batch_size: global batch (pairs per step over all processes).
+        max_steps: step budget; training may stop earlier on the valid metric.
+        sparse_lr: RowWiseAdagrad learning rate of the embedding tables.
+        dense_lr, weight_decay: Adam on the dense parameters.
+        eval_every: validate (rank 0) every N steps and at the end; 0: never.
+        patience: stop after this many validations without improvement.
+        ckpt_every: checkpoint every N steps; 0: never. keep_ckpts: how many to keep.
+        num_workers: DataLoader worker processes building batches.
+        seed: model init, table init and batch order.
+    """
+
+    batch_size: int = 1024
+    max_steps: int = 2000
+    sparse_lr: float = 0.05
+    dense_lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every: int = 250
+    patience: int = 3
+    ckpt_every: int = 250
+    keep_ckpts: int = 2
+    num_workers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "patience", "keep_ckpts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+        for name in ("eval_every", "ckpt_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 0")
+        for name in ("sparse_lr", "dense_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}: expected > 0")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns (``best_state`` on rank 0 only).
+
+    Attributes:
+        best_state: unsharded weights at the best validation (the last step without validation).
+        best_step, best_score: where and what the selection metric peaked.
+        losses: per step, the global-batch mean of each loss term.
+        valid: per validation, ``{"step": ..., **metrics}``.
+        steps_per_sec: training throughput of this run (data loading included, validation excluded).
+        stopped_early: whether patience ran out before ``max_steps``.
+    """
+
+    best_state: dict[str, torch.Tensor] | None
+    best_step: int
+    best_score: float
+    losses: list[dict[str, float]] = field(default_factory=list)
+    valid: list[dict[str, float]] = field(default_factory=list)
+    steps_per_sec: float = float("nan")
+    stopped_early: bool = False
+
+
+def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Every rank's (b, D) targets, concatenated in rank order, gradients flowing back to each."""
+    return t if world == 1 else torch.cat(dist_fn.all_gather(t), dim=0)
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.stack([values[k].detach().float().cpu() for k in keys])
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _broadcast(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def fit(
+    model: MTMHModel,
+    batches: PairBatches,
+    cfg: TrainerConfig,
+    loss_cfg: LossConfig,
+    ckpt_dir: Path,
+    validate: Validate | None = None,
+    resume: bool = False,
+    device: torch.device | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Shard ``model`` (its EBC on ``meta``), train it, return the best unsharded state.
+
+    Args:
+        batches: this rank's batch builder (its ``rank``/``world_size`` match the process group).
+        ckpt_dir: checkpoints go here; ``best.safetensors`` holds the best state so far.
+        validate: rank 0 only: unsharded state -> (selection score, metrics). Higher is better.
+        resume: continue from the newest complete checkpoint in ``ckpt_dir`` (fresh start when none).
+    """
+    rank, world = process_group()
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if "semantic" in model.cfg.heads and loss_cfg.lam == 0 and loss_cfg.alpha == 0:
+        raise ValueError(
+            "model.heads has 'semantic' but loss.lam = loss.alpha = 0: that head would never train"
+        )
+    sharded: Sharded = shard_model(model, device, cfg.sparse_lr, cfg.dense_lr, cfg.weight_decay)
+    init_tables(sharded.dmp, cfg.seed)
+    log.info("sharding plan: %s", sharded.plan)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    best_path = ckpt_dir / "best.safetensors"
+    result = TrainResult(best_state=None, best_step=-1, best_score=-math.inf)
+    bad, start = 0, 0
+    if resume and (ck := latest_checkpoint(ckpt_dir)) is not None:
+        manifest = load_checkpoint(ck, sharded, rank, world)
+        loop = manifest["loop"]
+        start, bad = int(manifest["step"]), int(loop["bad"])
+        result.best_step, result.best_score = int(loop["best_step"]), float(loop["best_score"])
+        result.losses, result.valid = loop["losses"], loop["valid"]
+        if rank == 0 and best_path.is_file():
+            result.best_state = load_file(str(best_path))
+        log.info("resumed from %s (step %d)", ck, start)
+    heads = list(model.cfg.heads)
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=rank != 0, dynamic_ncols=True)
+    train_time, timed_steps = 0.0, 0
+    step = start
+    t0 = time.perf_counter()
+    for batch in batch_loader(batches, start, cfg.max_steps, cfg.num_workers):
+        batch = batch.to(device)
+        emb = sharded.dmp(batch.features, batch.codes)
+        b = len(batch.pos)
+        query = {h: emb[h][:b] for h in heads}
+        cand = {h: _candidates(emb[h][b:], world) for h in heads}
+        terms = mtmh_loss(query, cand, batch.pos, batch.labels, loss_cfg, batch.log_q, batch.mask)
+        sharded.optimizer.zero_grad()
+        terms["loss"].backward()
+        sharded.optimizer.step()
+        step += 1
+        logged = _mean_over_ranks(terms, world)
+        if not math.isfinite(logged["loss"]):
+            raise FloatingPointError(
+                f"loss is {logged['loss']} at step {step}: lower trainer.*_lr or loss temperatures"
+            )
+        result.losses.append({"step": step, **logged})
+        bar.update(1)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", pairs_s=f"{bar.format_dict.get('rate') or 0:.1f}")
+        now = time.perf_counter()
+        train_time += now - t0
+        timed_steps += 1
+        stop = False
+        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            state = unsharded_state(sharded.dmp)
+            score, metrics = validate(state) if state is not None else (0.0, {})
+            score = _broadcast(score, world)
+            result.valid.append({"step": step, **metrics})
+            if score > result.best_score:
+                result.best_score, result.best_step, bad = score, step, 0
+                if state is not None:
+                    result.best_state = state
+                    with atomic_path(best_path) as tmp:
+                        save_file(state, str(tmp))
+            else:
+                bad += 1
+            log.info("step %d valid %.4f (best %.4f at %d)", step, score, result.best_score, result.best_step)
+            stop = bad >= cfg.patience
+        if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or stop):
+            loop = {
+                "bad": bad,
+                "best_step": result.best_step,
+                "best_score": result.best_score,
+                "losses": result.losses,
+                "valid": result.valid,
+            }
+            save_checkpoint(ckpt_dir, step, sharded, loop, rank, world, cfg.keep_ckpts)
+        if stop:
+            result.stopped_early = True
+            break
+        t0 = time.perf_counter()
+    bar.close()
+    result.steps_per_sec = timed_steps / train_time if train_time > 0 else float("nan")
+    if validate is None or not cfg.eval_every or result.best_step < 0:  # unvalidated: the last state
+        result.best_state, result.best_step = unsharded_state(sharded.dmp), step
+    return result
