@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -30,6 +31,7 @@ from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines, evaluate_retriever
 from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
 from tte_recsys.evaluation.report import write_report
+from tte_recsys.evaluation.retrieval import Retriever
 from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.mtmh import (
     ContentTower,
@@ -57,7 +59,8 @@ log = logging.getLogger(__name__)
 def _sub(cfg: DictConfig, **keys: Any) -> DictConfig:
     """A child pipeline's config: the shared sections of ``cfg`` plus ``keys``."""
     shared = {k: cfg[k] for k in ("data", "embedder", "reasoner") if k in cfg}
-    return OmegaConf.create({**OmegaConf.to_container(OmegaConf.create(shared), resolve=True), **keys})
+    resolved = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(shared), resolve=True))
+    return OmegaConf.create({**resolved, **keys})
 
 
 def _traces_dir(cfg: DictConfig, out: Path) -> str | None:
@@ -90,11 +93,15 @@ def build_content(
         if not folder:
             from pipelines import embed_items
 
-            traces = _traces_dir(cfg, out)
+            trace_folder = _traces_dir(cfg, out)
             folder = str(out / "content")
-            embed_items.run(_sub(cfg, traces_dir=traces, shard_size=cfg.shard_size, output_dir=folder))
+            embed_items.run(_sub(cfg, traces_dir=trace_folder, shard_size=cfg.shard_size, output_dir=folder))
         vectors = load_vectors(str(folder))
         table = torch.from_numpy(vectors.aligned(ds.items["item_id"].to_list()))
+        if model_cfg.content_dim is not None and table.shape[1] != model_cfg.content_dim:
+            raise ValueError(
+                f"model.content_dim={model_cfg.content_dim} but the content vectors in {folder} have dim {table.shape[1]}"
+            )
         log.info(
             "frozen content: %s (%s, traces %s), dim %d",
             folder,
@@ -109,7 +116,7 @@ def build_content(
     embedder, _ = embedder_from_config(cfg.embedder)
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
     embedder = add_lora(embedder, **lora)  # type: ignore[arg-type]
-    spec = {
+    spec: dict[str, Any] = {
         "embedder": {
             k: cfg.embedder[k] for k in ("model_path", "pooling", "max_length", "instruction", "dtype")
         },
@@ -144,8 +151,9 @@ class Trainer:
         return encode_items(model, self.features)
 
     def valid_score(
-        self, eval_model: MTMHModel, state: dict[str, torch.Tensor]
+        self, eval_model: MTMHModel | None, state: dict[str, torch.Tensor]
     ) -> tuple[float, dict[str, float]]:
+        assert eval_model is not None, "validation runs on rank 0"
         vecs = self.vectors(eval_model, state)
         first = eval_model.cfg.heads[0]
         m = evaluate_retriever(
@@ -177,7 +185,8 @@ class Trainer:
             self.rank,
             self.world,
         )
-        validate = partial(self.valid_score, eval_model) if eval_model is not None else None
+        # Every rank passes a validator (the schedule of collectives must match); only rank 0 calls it.
+        validate = partial(self.valid_score, eval_model)
         res = fit(
             model,
             batches,
@@ -269,7 +278,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rank == 0:
         best_res, best_vecs = trained[lam]
         assert best_vecs is not None and best_res.best_state is not None
-        extra = {}
+        extra: dict[str, Callable[[], Retriever]] = {}
         if isinstance(content, FrozenContent):
             extra["content"] = partial(ContentCosine, content.table.numpy())
         mshares = quota_shares(heads, share)
@@ -324,6 +333,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "stopped_early": r.stopped_early,
                     "valid": r.valid,
                     "final_loss": r.losses[-1] if r.losses else None,
+                    "loss_curve": [x["loss"] for x in r.losses],
                 }
                 for name, (r, _) in [
                     *((f"mtmh_lam{x:g}", v) for x, v in trained.items()),

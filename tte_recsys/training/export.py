@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import atomic_path, read_manifest, write_json, write_manifest, write_parquet
+from tte_recsys.config import from_mapping
 from tte_recsys.models.mtmh import (
     ContentTower,
     FrozenContent,
@@ -76,13 +77,13 @@ def save_export(
         out / "model.json",
         {
             "model": dataclasses.asdict(cfg),
-            "num_embeddings": features.num_embeddings(),
+            "num_embeddings": [[f, n] for f, n in features.num_embeddings().items()],  # ordered
             "vocab": features.vocab,
             "content_dim": content.dim if content is not None else 0,
             "content_spec": content_spec,
         },
     )
-    write_manifest(out, KIND, {"heads": list(cfg.heads), "head_dim": cfg.head_dim, **(extra or {})})
+    write_manifest(out, KIND, {"heads": list(cfg.heads), **(extra or {})})
 
 
 @dataclass
@@ -107,14 +108,11 @@ def load_export(export_dir: str | Path) -> ExportedModel:
     d = Path(export_dir)
     manifest = read_manifest(d, kind=KIND)
     meta = json.loads((d / "model.json").read_text())
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items() if k in fields}
-    )
+    cfg = from_mapping(ModelConfig, meta["model"], f"{d}/model.json")
     state = load_file(str(d / "model.safetensors"))
     feats = load_file(str(d / "features.safetensors"))
     items = pl.read_parquet(d / "items.parquet")
-    vocab: dict[str, list[str]] = meta["vocab"]
+    vocab: dict[str, list[str]] = {f: meta["vocab"][f] for f, _ in meta["num_embeddings"][1:]}
     features = ItemFeatures(
         num_items=items.height,
         vocab=vocab,
@@ -133,7 +131,7 @@ def load_export(export_dir: str | Path) -> ExportedModel:
         if spec.get("lora") is not None:
             emb = add_lora(emb, **spec["lora"])
         content = TrainableContent(emb, items["text"].to_list())
-    model = MTMHModel(cfg, meta["num_embeddings"], content, device="cpu")
+    model = MTMHModel(cfg, {f: int(n) for f, n in meta["num_embeddings"]}, content, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -160,5 +158,5 @@ def encode_items(
         for h, v in vecs.items():
             out[h].append(v.float().cpu().numpy())
     model.train(was_training)
-    dim = model.cfg.head_dim
+    dim = model.head_dim
     return {h: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for h, v in out.items()}

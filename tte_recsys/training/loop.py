@@ -134,7 +134,8 @@ def fit(
     Args:
         batches: this rank's batch builder (its ``rank``/``world_size`` match the process group).
         ckpt_dir: checkpoints go here; ``best.safetensors`` holds the best state so far.
-        validate: rank 0 only: unsharded state -> (selection score, metrics). Higher is better.
+        validate: unsharded state -> (selection score, metrics), higher is better; called on rank 0
+            only, but pass it (or None) on every rank alike: it decides the collective schedule.
         resume: continue from the newest complete checkpoint in ``ckpt_dir`` (fresh start when none).
     """
     rank, world = process_group()

@@ -93,8 +93,8 @@ def shard_model(
             constraints=constraints,
         )
         sharders = [EmbeddingBagCollectionSharder()]
-        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)  # type: ignore[arg-type]
-        dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)  # type: ignore[arg-type]
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+        dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense = KeyedOptimizerWrapper(
         dense_params, lambda ps: torch.optim.Adam(ps, lr=dense_lr, weight_decay=weight_decay)
@@ -102,7 +102,7 @@ def shard_model(
     summary = {
         table: f"{p.sharding_type} ranks {p.ranks}"
         for module_plan in plan.plan.values()
-        for table, p in module_plan.items()  # type: ignore[attr-defined]
+        for table, p in module_plan.items()
     }
     return Sharded(dmp, dense, summary)
 

@@ -1,0 +1,75 @@
+"""Quota merge against hand-worked examples, and the in-memory multi-head retriever."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tte_recsys.evaluation.quota import choose_point
+from tte_recsys.serving.merge import HeadVectorsRetriever, merge_by_quota, quota_shares
+
+COENG = np.array([[1, 2, 3, 4, 5, 6]])
+SEM = np.array([[2, 7, 8, 1, 9, 10]])
+
+
+def test_half_half_interleaves_and_drops_duplicates() -> None:
+    # slot 1: tie -> coeng 1; slot 2: sem 2; slot 3: coeng's 2 is taken -> 3; slot 4: sem 7;
+    # slot 5: coeng 4; slot 6: sem 8 (sem's 1 comes later and would be a duplicate anyway).
+    codes, src = merge_by_quota([COENG, SEM], [0.5, 0.5], 6)
+    assert codes.tolist() == [[1, 2, 3, 7, 4, 8]]
+    assert src.tolist() == [[0, 1, 0, 1, 0, 1]]
+
+
+def test_every_prefix_honours_the_quota() -> None:
+    # K1/K = 0.6: top-5 holds 3 coeng + 2 semantic items, and so does top-5 of a longer list.
+    codes5, src5 = merge_by_quota([COENG, SEM], [0.6, 0.4], 5)
+    assert codes5.tolist() == [[1, 2, 3, 7, 4]]
+    assert (src5 == 0).sum() == 3
+    codes10, _ = merge_by_quota([COENG, SEM], [0.6, 0.4], 10)
+    assert codes10[:, :5].tolist() == codes5.tolist()
+
+
+def test_exhausted_head_leaves_its_slots_to_the_other() -> None:
+    codes, src = merge_by_quota([COENG[:, :2], SEM], [1.0, 0.0], 6)
+    assert codes.tolist() == [[1, 2, 7, 8, 9, 10]]
+    assert src.tolist() == [[0, 0, 1, 1, 1, 1]]
+
+
+def test_padding_and_short_lists() -> None:
+    codes, src = merge_by_quota([np.array([[3, -1]]), np.array([[3, -1]])], [0.5, 0.5], 4)
+    assert codes.tolist() == [[3, -1, -1, -1]]
+    assert src.tolist() == [[0, -1, -1, -1]]
+
+
+def test_bad_shares() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        merge_by_quota([COENG, SEM], [-0.5, 1.5], 3)
+    with pytest.raises(ValueError, match="K1/K"):
+        quota_shares(["coeng", "semantic"], 1.5)
+
+
+def test_retriever_never_returns_the_trigger_and_follows_each_head() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20, 4)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vecs = {"coeng": v, "semantic": v[::-1].copy()}
+    trig = np.array([0, 5, 19])
+    only = HeadVectorsRetriever(vecs, {"coeng": 1.0}, "c").retrieve(trig, 5)
+    exact = np.argsort(-(v[trig] @ v.T) + np.eye(20)[trig] * 1e9, axis=1, kind="stable")[:, :5]
+    assert only.tolist() == exact.tolist()
+    both = HeadVectorsRetriever(vecs, {"coeng": 0.5, "semantic": 0.5}, "m").retrieve(trig, 8)
+    assert not (both == trig[:, None]).any()
+    assert all(len(set(r)) == 8 for r in both.tolist())
+    with pytest.raises(ValueError, match="does not have"):
+        HeadVectorsRetriever(vecs, {"other": 1.0}, "x")
+
+
+def test_choose_point_tolerance_rule() -> None:
+    pts = [
+        {"share": 1.0, "recall@50": 0.100, "semrel@50": 0.30},
+        {"share": 0.8, "recall@50": 0.097, "semrel@50": 0.40},  # within 5% of best: admissible
+        {"share": 0.5, "recall@50": 0.090, "semrel@50": 0.60},  # 10% below: not admissible
+    ]
+    assert choose_point(pts, 50, 0.05)["share"] == 0.8
+    assert choose_point(pts, 50, 0.0)["share"] == 1.0
+    assert choose_point(pts, 50, 0.2)["share"] == 0.5

@@ -1,0 +1,88 @@
+"""Item features and training batches: KJT contents, rank slices of one global batch, labels, logQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_dataset
+from tte_recsys.config import LabelConfig
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
+from tte_recsys.training.batches import PairBatches, collate
+
+GENRES = {"a": ["x", "y"], "b": [], "c": ["y"], "d": ["z"], "e": ["x"]}
+
+
+def _ds():  # type: ignore[no-untyped-def]
+    rows = [("u", i, t) for t, i in enumerate("abcde")]
+    return make_dataset(rows, GENRES)
+
+
+def test_features_lookup_feature_major() -> None:
+    f = ItemFeatures.from_items(_ds().items, ["genres"])
+    assert f.vocab == {"genres": ["x", "y", "z"]}
+    values, lengths = f.lookup(np.array([0, 1, 2]))  # items a, b, c
+    # item_id values [0, 1, 2] (one each), then genres: a -> x, y; b -> none; c -> y
+    assert lengths.tolist() == [1, 1, 1, 2, 0, 1]
+    assert values.tolist() == [0, 1, 2, 0, 1, 1]
+    kjt = f.kjt(np.array([3]))
+    assert kjt.keys() == ["item_id", "genres"]
+    assert kjt["genres"].values().tolist() == [2]
+
+
+def test_features_error_names_the_column() -> None:
+    with pytest.raises(ValueError, match="'title' is not a list-of-strings column"):
+        ItemFeatures.from_items(_ds().items, ["title"])
+
+
+def test_two_ranks_split_the_one_rank_batch() -> None:
+    ds = _ds()
+    f = ItemFeatures.from_items(ds.items, ["genres"])
+    lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
+    rng = np.random.default_rng(0)
+    src, dst = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
+    one = PairBatches(src, dst, f, lab, batch_size=8, seed=3)
+    halves = [PairBatches(src, dst, f, lab, batch_size=8, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert len(one) == 5
+    for step in (0, 4, 7):  # step 7 is in epoch 1: another permutation
+        full, parts = one[step], [h[step] for h in halves]
+        np.testing.assert_array_equal(np.concatenate([p["labels"] for p in parts]), full["labels"])
+        np.testing.assert_array_equal(np.concatenate([p["pos"] for p in parts]), full["pos"])
+        np.testing.assert_array_equal(parts[0]["log_q"], full["log_q"])
+        q = full["codes"][:8]
+        assert np.concatenate([p["codes"][:4] for p in parts]).tolist() == q.tolist()
+        # labels are trigger x every global candidate; the mask marks the positive's duplicates
+        t = full["codes"][8:]
+        np.testing.assert_array_equal(full["labels"], lab.cross(q, t))
+        np.testing.assert_array_equal(full["mask"], t[:, None] == t[None, :])
+    assert not np.array_equal(one.pairs_of_step(0), one.pairs_of_step(5))  # epochs differ
+
+
+def test_log_q_is_target_frequency_and_collate_builds_a_kjt() -> None:
+    ds = _ds()
+    f = ItemFeatures.from_items(ds.items, ["genres"])
+    src, dst = np.array([0, 1, 2, 3]), np.array([1, 1, 1, 4])
+    b = PairBatches(src, dst, f, None, batch_size=4)
+    arrays = b[0]
+    assert "labels" not in arrays
+    expect = {1: np.log(0.75), 4: np.log(0.25)}
+    assert np.allclose(arrays["log_q"], [expect[int(d)] for d in dst[b.pairs_of_step(0)]])
+    batch = collate(f.names, arrays)
+    assert batch.features.keys() == ["item_id", "genres"]
+    assert batch.features["item_id"].values().tolist() == arrays["codes"].tolist()
+
+
+def test_batch_errors() -> None:
+    f = ItemFeatures.from_items(_ds().items, [])
+    with pytest.raises(ValueError, match="divisible by the world size"):
+        PairBatches(np.zeros(10), np.zeros(10), f, None, batch_size=5, world_size=2)
+    with pytest.raises(ValueError, match="lower the batch size"):
+        PairBatches(np.zeros(3), np.zeros(3), f, None, batch_size=4)
+
+
+def test_model_config_errors() -> None:
+    with pytest.raises(ValueError, match="unknown: \\['ctr'\\]"):
+        ModelConfig(heads=("coeng", "ctr"))
+    with pytest.raises(ValueError, match=r"model\.content"):
+        ModelConfig(content="cached")
