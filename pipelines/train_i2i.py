@@ -184,6 +184,7 @@ class Trainer:
             tc.seed,
             self.rank,
             self.world,
+            tc.id_dropout,
         )
         # Every rank passes a validator (the schedule of collectives must match); only rank 0 calls it.
         validate = partial(self.valid_score, eval_model)

@@ -63,6 +63,9 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         features: item features for the KJT.
         labeler: relevance labels for the semantic loss (None: no labels built).
         batch_size: global batch size (divisible by ``world_size``).
+        id_dropout: share of batch items whose id feature is left out (seeded by step), so the
+            model learns to place items from their other features and content: how it sees a cold
+            item, whose id embedding never trained.
     """
 
     def __init__(
@@ -75,7 +78,10 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        id_dropout: float = 0.0,
     ) -> None:
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"trainer.id_dropout={id_dropout}: expected 0 <= p < 1")
         if batch_size % world_size:
             raise ValueError(
                 f"trainer.batch_size={batch_size} must be divisible by the world size {world_size}"
@@ -87,6 +93,7 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         self.src, self.dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
         self.features, self.labeler = features, labeler
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        self.id_dropout = id_dropout
         counts = np.bincount(self.dst, minlength=features.num_items).astype(np.float64)
         with np.errstate(divide="ignore"):
             self.log_q = np.log(counts / counts.sum()).astype(np.float32)  # (N,)
@@ -114,6 +121,12 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         q, t = src[lo : lo + b], dst[lo : lo + b]  # (b,)
         codes = np.concatenate([q, t])
         values, lengths = self.features.lookup(codes)
+        if self.id_dropout > 0:  # the id feature comes first: one value per item
+            n = len(codes)
+            keep = np.random.default_rng([self.seed, step, self.rank, 1]).random(n) >= self.id_dropout
+            values = np.concatenate([values[:n][keep], values[n:]])
+            lengths = lengths.copy()
+            lengths[:n] = keep
         out = {
             "codes": codes,
             "values": values,

@@ -47,6 +47,7 @@ class TrainerConfig:
         patience: stop after this many validations without improvement.
         ckpt_every: checkpoint every N steps; 0: never. keep_ckpts: how many to keep.
         num_workers: DataLoader worker processes building batches.
+        id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
         seed: model init, table init and batch order.
     """
 
@@ -60,6 +61,7 @@ class TrainerConfig:
     ckpt_every: int = 250
     keep_ckpts: int = 2
     num_workers: int = 1
+    id_dropout: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
