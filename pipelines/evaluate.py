@@ -1,4 +1,5 @@
-"""Baselines under the I2I protocol: ``python -m pipelines.evaluate data=<name> [+content_dirs.<name>=<embed_items output>]``.
+"""Baselines under the I2I protocol: ``python -m pipelines.evaluate data=<name> [+content_dirs.<name>=<embed_items output>]
+[bundle_dir=<export_faiss output>]`` (the served bundle as a row: what serving returns, scored).
 
 Writes report.json and report.md (one row per method) into the run folder and prints the table.
 """
@@ -19,9 +20,10 @@ from tte_recsys.data.split import temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines
 from tte_recsys.evaluation.report import write_report
-from tte_recsys.evaluation.retrieval import Retriever
+from tte_recsys.evaluation.retrieval import Retriever as RetrieverProtocol
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
 from tte_recsys.serving.embed_job import load_vectors
+from tte_recsys.serving.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = temporal_split(ds, pairs_cfg, split_cfg)
     log.info("split: %s", split.stats())
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
-    extra: dict[str, Callable[[], Retriever]] = {}
+    extra: dict[str, Callable[[], RetrieverProtocol]] = {}
     for name, folder in (cfg.get("content_dirs") or {}).items():
         vectors = load_vectors(str(folder))
         aligned = vectors.aligned(ds.items["item_id"].to_list())
         extra[f"content:{name}"] = partial(ContentCosine, aligned)
         log.info("content:%s = %s (%s, traces: %s)", name, folder, vectors.model_id, vectors.trace_version)
+    if cfg.get("bundle_dir"):
+        served = Retriever.load(str(cfg.bundle_dir))
+        if served.item_ids != ds.items["item_id"].to_list():
+            raise ValueError(
+                f"bundle {cfg.bundle_dir} was built for another catalog ({len(served.item_ids)} items) than "
+                f"dataset {ds.name!r} ({ds.num_items} items): pass the data config the model was trained on"
+            )
+        extra["served"] = lambda: served
+        log.info("served bundle %s: %s", cfg.bundle_dir, served.describe())
     methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
     report = {
         "dataset": ds.name,

@@ -15,28 +15,29 @@ SEM = np.array([[2, 7, 8, 1, 9, 10]])
 def test_half_half_interleaves_and_drops_duplicates() -> None:
     # slot 1: tie -> coeng 1; slot 2: sem 2; slot 3: coeng's 2 is taken -> 3; slot 4: sem 7;
     # slot 5: coeng 4; slot 6: sem 8 (sem's 1 comes later and would be a duplicate anyway).
-    codes, src = merge_by_quota([COENG, SEM], [0.5, 0.5], 6)
+    codes, src, pos = merge_by_quota([COENG, SEM], [0.5, 0.5], 6)
     assert codes.tolist() == [[1, 2, 3, 7, 4, 8]]
     assert src.tolist() == [[0, 1, 0, 1, 0, 1]]
+    assert pos.tolist() == [[0, 0, 2, 1, 3, 2]]  # where each came from in its head's list
 
 
 def test_every_prefix_honours_the_quota() -> None:
     # K1/K = 0.6: top-5 holds 3 coeng + 2 semantic items, and so does top-5 of a longer list.
-    codes5, src5 = merge_by_quota([COENG, SEM], [0.6, 0.4], 5)
+    codes5, src5, _ = merge_by_quota([COENG, SEM], [0.6, 0.4], 5)
     assert codes5.tolist() == [[1, 2, 3, 7, 4]]
     assert (src5 == 0).sum() == 3
-    codes10, _ = merge_by_quota([COENG, SEM], [0.6, 0.4], 10)
+    codes10, _, _ = merge_by_quota([COENG, SEM], [0.6, 0.4], 10)
     assert codes10[:, :5].tolist() == codes5.tolist()
 
 
 def test_exhausted_head_leaves_its_slots_to_the_other() -> None:
-    codes, src = merge_by_quota([COENG[:, :2], SEM], [1.0, 0.0], 6)
+    codes, src, _ = merge_by_quota([COENG[:, :2], SEM], [1.0, 0.0], 6)
     assert codes.tolist() == [[1, 2, 7, 8, 9, 10]]
     assert src.tolist() == [[0, 0, 1, 1, 1, 1]]
 
 
 def test_padding_and_short_lists() -> None:
-    codes, src = merge_by_quota([np.array([[3, -1]]), np.array([[3, -1]])], [0.5, 0.5], 4)
+    codes, src, _ = merge_by_quota([np.array([[3, -1]]), np.array([[3, -1]])], [0.5, 0.5], 4)
     assert codes.tolist() == [[3, -1, -1, -1]]
     assert src.tolist() == [[0, -1, -1, -1]]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from tte_recsys.artifacts import read_manifest, write_json, write_parquet
 from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.items import ItemInput, embedding_text
 
-__all__ = ["ItemVectors", "JobSpec", "embed_catalog", "load_vectors"]
+__all__ = ["ItemVectors", "JobSpec", "embed_catalog", "load_vectors", "write_shards"]
 
 log = logging.getLogger(__name__)
 SHARDS = "shards"
@@ -56,6 +56,37 @@ class JobSpec:
             write_json(path, mine)
 
 
+def write_shards(
+    num_items: int,
+    out_dir: Path,
+    spec: JobSpec,
+    compute: Callable[[int, int], pl.DataFrame],
+    rank: int = 0,
+    world_size: int = 1,
+    desc: str = "embed",
+) -> dict[str, int]:
+    """The sharded, resumable, data-parallel loop every batch vector job shares.
+
+    Items ``[c * shard_size, (c + 1) * shard_size)`` form shard ``c``, owned by rank ``c % world_size``;
+    ``compute(start, end)`` returns that shard's rows, written atomically to
+    ``out_dir/shards/part-<c>.parquet``. Shards already on disk are skipped (resume).
+    """
+    spec.check_or_write(out_dir)
+    n_shards = math.ceil(num_items / spec.shard_size)
+    mine = list(range(rank, n_shards, world_size))
+    stats = {"shards_written": 0, "shards_skipped": 0, "items_embedded": 0}
+    for c in tqdm(mine, desc=f"{desc} rank {rank}", disable=len(mine) < 2):
+        path = out_dir / SHARDS / f"part-{c:05d}.parquet"
+        if path.is_file():
+            stats["shards_skipped"] += 1
+            continue
+        start, end = c * spec.shard_size, min((c + 1) * spec.shard_size, num_items)
+        write_parquet(path, compute(start, end))
+        stats["shards_written"] += 1
+        stats["items_embedded"] += end - start
+    return stats
+
+
 def embed_catalog(
     items: Sequence[ItemInput],
     embedder: Embedder,
@@ -72,35 +103,26 @@ def embed_catalog(
         raise ValueError(
             f"{len(empty)} item(s) have no text and no image (e.g. {empty[:5]}); nothing to embed"
         )
-    spec.check_or_write(out_dir)
-    traces = traces or {}
-    n_shards = math.ceil(len(items) / spec.shard_size)
-    mine = list(range(rank, n_shards, world_size))
-    stats = {"shards_written": 0, "shards_skipped": 0, "items_embedded": 0}
-    for c in tqdm(mine, desc=f"embed rank {rank}", disable=len(mine) < 2):
-        path = out_dir / SHARDS / f"part-{c:05d}.parquet"
-        if path.is_file():
-            stats["shards_skipped"] += 1
-            continue
-        chunk = items[c * spec.shard_size : (c + 1) * spec.shard_size]
-        texts = [embedding_text(it, traces.get(it.item_id)) for it in chunk]
+    found = traces or {}
+
+    def compute(start: int, end: int) -> pl.DataFrame:
+        chunk = items[start:end]
+        texts = [embedding_text(it, found.get(it.item_id)) for it in chunk]
         vecs = embedder.encode(
             texts, batch_size=batch_size, images=[it.image_path for it in chunk]
         )  # (n, D) or (n, H, D)
         vecs = vecs.reshape(len(chunk), -1).astype(np.float32)  # (n, D')
-        frame = pl.DataFrame(
+        return pl.DataFrame(
             {
                 "item_id": [it.item_id for it in chunk],
                 "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1])),
                 "model_id": spec.model_id,
                 "trace_version": spec.trace_version,
-                "has_trace": [it.item_id in traces for it in chunk],
+                "has_trace": [it.item_id in found for it in chunk],
             }
         )
-        write_parquet(path, frame)
-        stats["shards_written"] += 1
-        stats["items_embedded"] += len(chunk)
-    return stats
+
+    return write_shards(len(items), out_dir, spec, compute, rank, world_size)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def quota_shares(heads: Sequence[str], first_share: float) -> dict[str, float]:
 
 def merge_by_quota(
     lists: Sequence[np.ndarray], shares: Sequence[float], k: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge per-head ranked lists.
 
     Args:
@@ -42,7 +42,8 @@ def merge_by_quota(
         k: merged list length.
 
     Returns:
-        (T, k) codes (``-1`` padded) and (T, k) index of the head that contributed each slot (-1 for padding).
+        (T, k) codes (``-1`` padded), (T, k) index of the head that contributed each slot, and
+        (T, k) the slot's position in that head's list (both -1 for padding), to look up scores.
     """
     if len(lists) != len(shares) or not lists:
         raise ValueError(f"{len(lists)} candidate lists for {len(shares)} shares")
@@ -53,6 +54,7 @@ def merge_by_quota(
     n_rows, n_heads = lists[0].shape[0], len(lists)
     codes = np.full((n_rows, k), -1, dtype=np.int64)
     source = np.full((n_rows, k), -1, dtype=np.int64)
+    position = np.full((n_rows, k), -1, dtype=np.int64)
     rows = [lst.tolist() for lst in lists]  # python lists: this loop is per-slot bookkeeping
     for r in range(n_rows):
         cands = [rows[h][r] for h in range(n_heads)]
@@ -71,11 +73,11 @@ def merge_by_quota(
             if chosen < 0:
                 break
             item = cands[chosen][ptr[chosen]]
-            codes[r, p - 1], source[r, p - 1] = item, chosen
+            codes[r, p - 1], source[r, p - 1], position[r, p - 1] = item, chosen, ptr[chosen]
             seen.add(item)
             taken[chosen] += 1
             ptr[chosen] += 1
-    return codes, source
+    return codes, source, position
 
 
 class HeadVectorsRetriever:

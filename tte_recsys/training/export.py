@@ -23,7 +23,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from tte_recsys.artifacts import atomic_path, read_manifest, write_json, write_manifest, write_parquet
+from tte_recsys.artifacts import (
+    atomic_path,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_manifest,
+    write_parquet,
+)
 from tte_recsys.config import from_mapping
 from tte_recsys.models.mtmh import (
     ContentTower,
@@ -88,12 +95,16 @@ def save_export(
 
 @dataclass
 class ExportedModel:
-    """A loaded export: the plain model (eval mode), its item features and ids."""
+    """A loaded export: the plain model (eval mode), its item features and ids.
+
+    ``fingerprint`` is the sha256 of the export's manifest (which lists every file's sha256):
+    what a serving bundle records to name the model it was built from."""
 
     model: MTMHModel
     features: ItemFeatures
     item_ids: list[str]
     manifest: dict[str, Any]
+    fingerprint: str
 
     @property
     def heads(self) -> list[str]:
@@ -138,7 +149,9 @@ def load_export(export_dir: str | Path) -> ExportedModel:
             f"{d}/model.safetensors does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.eval()
-    return ExportedModel(model, features, items["item_id"].to_list(), manifest)
+    return ExportedModel(
+        model, features, items["item_id"].to_list(), manifest, sha256_file(d / "manifest.json")
+    )
 
 
 @torch.no_grad()

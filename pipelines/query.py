@@ -1,0 +1,35 @@
+"""Ask a serving bundle: ``python -m pipelines.query bundle_dir=<path> item_id=<id> [k=10]``."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from tte_recsys.serving.retriever import QueryResult, Retriever
+
+
+def run(cfg: DictConfig) -> QueryResult:
+    r = Retriever.load(str(cfg.bundle_dir), share=None if cfg.share is None else float(cfg.share))
+    result = r.search([str(cfg.item_id)], int(cfg.k))[0]
+    if result.error:
+        return result
+    title = {i: t for i, t in zip(r.item_ids, r.titles, strict=True)}
+    print(f"{cfg.item_id}: {title.get(str(cfg.item_id), '')}  (shares {r.shares})")
+    print(f"{'rank':>4}  {'score':>7}  {'head':<9} {'item_id':<12} title")
+    for n, hit in enumerate(result.hits, 1):
+        print(f"{n:>4}  {hit.score:7.4f}  {hit.head:<9} {hit.item_id:<12} {title.get(hit.item_id, '')}")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="query")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    if result.error:
+        print(result.error, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
