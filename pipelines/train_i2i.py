@@ -163,8 +163,10 @@ class Trainer:
             self.ds.num_items,
             self.eval_cfg,
         )
-        key = f"recall@{self.eval_cfg.select_k}"
-        return m[key], {key: m[key]}
+        k = self.eval_cfg.select_k
+        return m[f"recall@{k}"], {
+            f"{name}@{k}": m[f"{name}@{k}"] for name in ("recall", "semrel", "cold_recall")
+        }
 
     def train(
         self, name: str, model_cfg: ModelConfig, loss_cfg: LossConfig, content: ContentTower | None
@@ -243,7 +245,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
-    features = ItemFeatures.from_items(ds.items, model_cfg.features)
+    no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
+    features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
     content, content_spec = build_content(cfg, model_cfg, ds, out)
     t = Trainer(cfg, ds, split, labeler, features, eval_cfg, out, rank, world)
     k = eval_cfg.select_k

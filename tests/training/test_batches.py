@@ -86,3 +86,23 @@ def test_model_config_errors() -> None:
         ModelConfig(heads=("coeng", "ctr"))
     with pytest.raises(ValueError, match=r"model\.content"):
         ModelConfig(content="cached")
+
+
+def test_cold_items_without_id_and_id_dropout() -> None:
+    ds = _ds()
+    no_id = np.array([False, True, False, False, True])  # items b and e never trained
+    f = ItemFeatures.from_items(ds.items, ["genres"], no_id=no_id)
+    values, lengths = f.lookup(np.array([0, 1, 4]))
+    assert lengths[:3].tolist() == [1, 0, 0]  # an empty id bag: SUM pooling gives a zero vector
+    assert values[:1].tolist() == [0]
+    assert f.kjt(np.array([1]))["item_id"].values().tolist() == []
+    src, dst = np.arange(40) % 5, (np.arange(40) + 1) % 5
+    plain = ItemFeatures.from_items(ds.items, [])
+    b = PairBatches(src, dst, plain, None, batch_size=40, id_dropout=0.5)[0]
+    kept = b["lengths"][:80]
+    assert 20 < kept.sum() < 60  # about half the 80 items keep their id
+    assert b["values"].tolist() == b["codes"][kept.astype(bool)].tolist()
+    again = PairBatches(src, dst, plain, None, batch_size=40, id_dropout=0.5)[0]
+    assert again["lengths"].tolist() == b["lengths"].tolist()  # seeded by step: resumable
+    with pytest.raises(ValueError, match="id_dropout"):
+        PairBatches(src, dst, plain, None, batch_size=40, id_dropout=1.0)

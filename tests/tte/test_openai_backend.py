@@ -39,6 +39,7 @@ class FakeVLLM:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     step = outer.script.pop(0) if outer.script else None
+                counted = True
                 try:
                     time.sleep(outer.delay_s)
                     if step is not None:
@@ -59,6 +60,11 @@ class FakeVLLM:
                         for m in body["messages"]
                     ]
                     text = outer.model.generate([TraceRequest("x", msgs)])[0]
+                    with (
+                        outer.lock
+                    ):  # done before the reply leaves: the client may send its next request at once
+                        outer.in_flight -= 1
+                        counted = False
                     payload = json.dumps(
                         {"choices": [{"message": {"role": "assistant", "content": text}}]}
                     ).encode()
@@ -68,8 +74,9 @@ class FakeVLLM:
                     self.end_headers()
                     self.wfile.write(payload)
                 finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
+                    if counted:
+                        with outer.lock:
+                            outer.in_flight -= 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -124,7 +131,7 @@ def test_timeout_is_retried_then_reported(server: FakeVLLM) -> None:
 
 
 def test_concurrency_is_bounded(server: FakeVLLM) -> None:
-    server.delay_s = 0.05
+    server.delay_s = 0.1
     _client(server, concurrency=2).generate(_reqs(8))
     assert server.max_in_flight == 2
 

@@ -74,6 +74,8 @@ def save_export(
         save_file(weights, str(tmp))
     feats = {f"offsets/{f}": torch.from_numpy(features.offsets[f]) for f in features.vocab}
     feats |= {f"values/{f}": torch.from_numpy(features.values[f]) for f in features.vocab}
+    if features.no_id is not None:
+        feats["no_id"] = torch.from_numpy(features.no_id.astype(np.uint8))
     with atomic_path(out / "features.safetensors") as tmp:
         save_file(feats, str(tmp))
     items = pl.DataFrame({"item_id": list(item_ids)}).with_row_index("item_idx")
@@ -129,6 +131,7 @@ def load_export(export_dir: str | Path) -> ExportedModel:
         vocab=vocab,
         offsets={f: feats[f"offsets/{f}"].numpy() for f in vocab},
         values={f: feats[f"values/{f}"].numpy() for f in vocab},
+        no_id=feats["no_id"].numpy().astype(bool) if "no_id" in feats else None,
     )
     content: ContentTower | None = None
     if cfg.content == "frozen":

@@ -185,7 +185,8 @@ def fit(
             )
         result.losses.append({"step": step, **logged})
         bar.update(1)
-        bar.set_postfix(loss=f"{logged['loss']:.4f}", pairs_s=f"{bar.format_dict.get('rate') or 0:.1f}")
+        rate = float(bar.format_dict.get("rate") or 0.0)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}")
         now = time.perf_counter()
         train_time += now - t0
         timed_steps += 1
