@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossConfig", "mtmh_loss", "relevance_kl", "sampled_softmax_logq"]
+__all__ = ["LossConfig", "mtmh_loss", "relevance_kl", "sampled_softmax_logq", "softmax_from_scores"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,18 @@ def sampled_softmax_logq(
     Returns:
         Scalar mean cross-entropy.
     """
-    logits = queries @ candidates.T / temperature  # (b, B)
+    return softmax_from_scores(queries @ candidates.T, pos, temperature, log_q, mask)
+
+
+def softmax_from_scores(
+    scores: torch.Tensor,
+    pos: torch.Tensor,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`sampled_softmax_logq` on precomputed (b, B) dot products (shared with the KL term)."""
+    logits = scores / temperature  # (b, B)
     if log_q is not None:
         logits = logits - log_q[None, :]
     if mask is not None:
@@ -116,16 +127,14 @@ def mtmh_loss(
         out["coeng"] = sampled_softmax_logq(query["coeng"], cand["coeng"], pos, cfg.temperature, lq, mask)
         total = total + out["coeng"]
     if "semantic" in query:
+        scores = query["semantic"] @ cand["semantic"].T  # (b, B), shared by both terms
         if cfg.lam > 0:
             if labels is None:
                 raise ValueError("the semantic head with loss.lam > 0 needs the batch's relevance labels")
-            scores = query["semantic"] @ cand["semantic"].T  # (b, B)
             out["rel"] = relevance_kl(scores, labels, cfg.temperature, cfg.label_temperature)
             total = total + cfg.lam * out["rel"]
         if cfg.alpha > 0:
-            out["sem_coeng"] = sampled_softmax_logq(
-                query["semantic"], cand["semantic"], pos, cfg.temperature, lq, mask
-            )
+            out["sem_coeng"] = softmax_from_scores(scores, pos, cfg.temperature, lq, mask)
             total = total + cfg.alpha * out["sem_coeng"]
     out["loss"] = total
     return out

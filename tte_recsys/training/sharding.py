@@ -21,7 +21,8 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
+from torchrec.distributed.types import ShardingEnv
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -70,6 +71,13 @@ class Sharded:
         self.optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
 
 
+class _NoDataParallel(DataParallelWrapper):
+    """One process: nothing to all-reduce, so the dense part is not wrapped in DDP."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        return None
+
+
 def shard_model(
     model: MTMHModel,
     device: torch.device,
@@ -94,7 +102,14 @@ def shard_model(
         )
         sharders = [EmbeddingBagCollectionSharder()]
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-        dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+        single = dist.get_world_size() == 1
+        dmp = DistributedModelParallel(
+            model,
+            device=device,
+            plan=plan,
+            sharders=sharders,
+            data_parallel_wrapper=_NoDataParallel() if single else None,
+        )
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense = KeyedOptimizerWrapper(
         dense_params, lambda ps: torch.optim.Adam(ps, lr=dense_lr, weight_decay=weight_decay)
