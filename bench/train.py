@@ -13,11 +13,14 @@ Prints steps/s and the ratios full/bare (target >= 0.8) and torchrec/plain (targ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
@@ -31,6 +34,23 @@ from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTM
 from tte_recsys.training.batches import Batch, PairBatches, collate
 from tte_recsys.training.loop import TrainerConfig, fit
 from tte_recsys.training.sharding import process_group, shard_model
+
+
+@dataclass(frozen=True)
+class SpreadFeatures(ItemFeatures):
+    """The same items with their ids spread over a ``rows``-row id table (item code c -> row
+    c * stride): what a catalog of ``rows`` items costs the id table, on the same batches."""
+
+    rows: int = 0
+
+    def num_embeddings(self) -> dict[str, int]:
+        return {**super().num_embeddings(), "item_id": self.rows}
+
+    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values, lengths = super().lookup(codes)
+        values = values.copy()
+        values[: len(codes)] *= self.rows // self.num_items  # the id feature comes first
+        return values, lengths
 
 
 class _Pooled:
@@ -80,12 +100,15 @@ def main() -> None:
     ap.add_argument(
         "--content", default="outputs/emb/movielens_plain", help="embed_items folder (else random vectors)"
     )
+    ap.add_argument(
+        "--rows", type=int, nargs="+", default=[0, 1_000_000], help="id-table rows (0: catalog size)"
+    )
     args = ap.parse_args()
     process_group()
     ds = MovieLensAdapter().load()
     split = temporal_split(ds, PairConfig(), SplitConfig())
     labeler = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
-    features = ItemFeatures.from_items(ds.items, ["genres"])
+    base = ItemFeatures.from_items(ds.items, ["genres"])
     if Path(args.content, "manifest.json").is_file():
         from tte_recsys.serving.embed_job import load_vectors
 
@@ -95,17 +118,25 @@ def main() -> None:
         table = torch.nn.functional.normalize(torch.randn(ds.num_items, 384), dim=1)
         source = "random unit vectors (speed does not depend on their values)"
     content = FrozenContent(table)
+    print(f"MovieLens train pairs {split.train_pairs.height:,}, batch {args.batch}, content {source}")
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    for rows in args.rows:
+        spread = rows > base.num_items
+        features = SpreadFeatures(**dataclasses.asdict(base), rows=rows) if spread else base
+        measure(features, content, labeler, split.train_pairs, args)
+
+
+def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLabeler, pairs, args) -> None:  # type: ignore[no-untyped-def]
     mcfg = ModelConfig(features=("genres",))
     loss_cfg = LossConfig()
     heads = list(mcfg.heads)
-    src, dst = split.train_pairs["src"].to_numpy(), split.train_pairs["dst"].to_numpy()
+    src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
     tcfg = TrainerConfig(
         batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=1
     )
     batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
     ne = features.num_embeddings()
-    print(f"MovieLens train pairs {len(src):,}, batch {args.batch}, content {source}")
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    print(f"\n### id table {ne['item_id']:,} rows x 64 (+ genres {ne['genres']} x 16)")
 
     # 1. the full loop, data loading included
     torch.manual_seed(0)
