@@ -62,7 +62,7 @@ def test_ann_against_exact(kind: str) -> None:
 
 def test_auto_kind_by_size_and_bad_config() -> None:
     cfg = IndexConfig(exact_below=1000)
-    assert cfg.resolve(999) == "flat" and cfg.resolve(1000) == "hnsw"
+    assert cfg.resolve(999) == "flat" and cfg.resolve(1000) == "ivf_flat"
     with pytest.raises(ValueError, match=r"index\.kind"):
         IndexConfig(kind="annoy")
     with pytest.raises(ValueError, match="must divide the head dim"):
