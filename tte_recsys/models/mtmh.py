@@ -1,0 +1,281 @@
+"""The multi-task, multi-head (MTMH) item tower, shared by trigger and candidate (DESIGN.md).
+
+``item id + categorical features (TorchRec EBC) ++ content vector -> trunk MLP -> heads``, each head
+an L2-normalised vector. The content vector comes from a content tower: ``none`` (id-only model),
+``frozen`` (vectors of the batch embedding job, looked up by item code, never trained) or
+``trainable`` (the TTE embedder with LoRA inside the model, tokenising the batch's item texts).
+The model returns per-head embeddings; the losses live in :mod:`tte_recsys.losses`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from tte_recsys.tte.embedder import Embedder
+
+__all__ = [
+    "ContentTower",
+    "FrozenContent",
+    "ItemFeatures",
+    "ModelConfig",
+    "MTMHModel",
+    "TrainableContent",
+    "table_name",
+]
+
+CONTENT_MODES = ("none", "frozen", "trainable")
+ID_FEATURE = "item_id"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the item tower.
+
+    Attributes:
+        heads: output heads, in order; the first is the co-engagement head. Known: ``coeng``, ``semantic``.
+        id_dim: item-id embedding size.
+        features: categorical item attributes (list-of-string catalog columns), one table each, mean-pooled.
+        feature_dim: embedding size of each categorical feature.
+        hidden: trunk MLP layer sizes (ReLU).
+        head_dim: size of every head's output vector (None: the content size, or 64 without content).
+        content: ``none``, ``frozen`` or ``trainable``.
+        content_dim: the content vectors' size, checked against the content tower (None: take its size).
+        cold_without_id: feed items that have no train interactions without their id feature (an
+            empty bag: a zero vector), instead of their never-trained random id embedding; pairs
+            with ``trainer.id_dropout`` so the model has seen such inputs.
+        content_skip: every head also gets a linear map of the content vector, initialised to keep
+            its cosines (identity when ``head_dim`` equals the content size, else orthonormal rows),
+            while the trunk's contribution starts at zero: training starts from content-only
+            retrieval and learns co-engagement on top of it instead of re-learning content.
+    """
+
+    heads: tuple[str, ...] = ("coeng", "semantic")
+    id_dim: int = 64
+    features: tuple[str, ...] = ()
+    feature_dim: int = 16
+    hidden: tuple[int, ...] = (256,)
+    head_dim: int | None = None
+    content: str = "frozen"
+    content_dim: int | None = None
+    content_skip: bool = True
+    cold_without_id: bool = False
+
+    def __post_init__(self) -> None:
+        known = ("coeng", "semantic")
+        bad = [h for h in self.heads if h not in known]
+        if not self.heads or bad or len(set(self.heads)) != len(self.heads):
+            raise ValueError(
+                f"model.heads={list(self.heads)}: expected distinct names from {list(known)}"
+                + (f"; unknown: {bad}" if bad else "")
+            )
+        if self.content not in CONTENT_MODES:
+            raise ValueError(f"model.content={self.content!r}: expected one of {list(CONTENT_MODES)}")
+        for name in ("id_dim", "feature_dim", "head_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)}: expected >= 1")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"model.hidden={list(self.hidden)}: expected a non-empty list of sizes >= 1")
+
+
+def table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+@dataclass(frozen=True)
+class ItemFeatures:
+    """Every item's sparse features as numpy CSR arrays (picklable, no polars: safe in workers).
+
+    Attributes:
+        num_items: catalog size; feature ``item_id`` is the item code itself.
+        vocab: feature -> its values in code order (the code is the index).
+        offsets, values: feature -> CSR offsets (N + 1,) and value codes of each item's values.
+        no_id: (N,) True for items fed without their id feature (their id embedding never trained:
+            items with no train interactions, see ``ModelConfig.cold_without_id``); None: none.
+    """
+
+    num_items: int
+    vocab: dict[str, list[str]]
+    offsets: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
+    no_id: np.ndarray | None = None
+
+    @classmethod
+    def from_items(
+        cls, items: pl.DataFrame, features: Sequence[str], no_id: np.ndarray | None = None
+    ) -> ItemFeatures:
+        """From the canonical items table; ``features`` are list-of-string columns."""
+        vocab: dict[str, list[str]] = {}
+        offsets: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        for f in features:
+            if f not in items.columns or items.schema[f] != pl.List(pl.String):
+                lists = [c for c, dt in items.schema.items() if dt == pl.List(pl.String)]
+                raise ValueError(
+                    f"model.features: {f!r} is not a list-of-strings column of the items table; available: {lists}"
+                )
+            col = items[f].fill_null(pl.lit([], dtype=pl.List(pl.String)))
+            lengths = col.list.len().to_numpy().astype(np.int64)
+            flat = col.explode().drop_nulls()
+            names = sorted(flat.unique().to_list())
+            index = {v: i for i, v in enumerate(names)}
+            vocab[f] = names
+            offsets[f] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            values[f] = np.array([index[v] for v in flat.to_list()], dtype=np.int64)
+        return cls(num_items=items.height, vocab=vocab, offsets=offsets, values=values, no_id=no_id)
+
+    @property
+    def names(self) -> list[str]:
+        return [ID_FEATURE, *self.vocab]
+
+    def num_embeddings(self) -> dict[str, int]:
+        return {ID_FEATURE: self.num_items, **{f: max(len(v), 1) for f, v in self.vocab.items()}}
+
+    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """KJT ``values`` and ``lengths`` (feature-major) for a batch of item codes."""
+        codes = np.asarray(codes, dtype=np.int64)
+        vals, lens = [codes], [np.ones(len(codes), dtype=np.int64)]
+        if self.no_id is not None:
+            has = ~self.no_id[codes]
+            vals, lens = [codes[has]], [has.astype(np.int64)]
+        for f in self.vocab:
+            off, v = self.offsets[f], self.values[f]
+            start, end = off[codes], off[codes + 1]
+            lens.append(end - start)
+            total = int((end - start).sum())
+            # Concatenated ranges without a Python loop: position within each item's range.
+            idx = np.repeat(start - np.concatenate([[0], np.cumsum(end - start)[:-1]]), end - start)
+            vals.append(v[idx + np.arange(total)])
+        return np.concatenate(vals), np.concatenate(lens)
+
+    def kjt(self, codes: np.ndarray) -> KeyedJaggedTensor:
+        values, lengths = self.lookup(codes)
+        return KeyedJaggedTensor.from_lengths_sync(
+            keys=self.names,
+            values=torch.from_numpy(values),
+            lengths=torch.from_numpy(lengths).to(torch.int32),
+        )
+
+
+class ContentTower(nn.Module):
+    """Item codes (B,) -> content vectors (B, dim)."""
+
+    dim: int
+
+
+class FrozenContent(ContentTower):
+    """Precomputed vectors (N, D) looked up by item code; a plain tensor attribute (not a parameter
+    or buffer), so optimisers, DDP and the sharded state dict never see it."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table.float()
+        self.dim = int(table.shape[1])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table.to(codes.device)[codes]
+
+
+class TrainableContent(ContentTower):
+    """The TTE embedder (typically with LoRA) inside the model: tokenises the batch's item texts."""
+
+    def __init__(self, embedder: Embedder, texts: Sequence[str]) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.texts = list(texts)
+        self.dim = embedder.dim
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        ids = self.embedder._token_ids([self.texts[int(c)] for c in codes.tolist()])
+        out = self.embedder(**self.embedder._batch(ids))
+        return out.float().to(codes.device)  # (B, D)
+
+
+class MTMHModel(nn.Module):
+    """The shared item tower. ``forward(features, codes)`` -> ``{head: (B, head_dim) unit vectors}``.
+
+    Args:
+        cfg: shapes and heads.
+        num_embeddings: feature -> table rows (``item_id`` first), e.g. from :meth:`ItemFeatures.num_embeddings`.
+        content: the content tower (None when ``cfg.content == "none"``).
+        device: ``meta`` for a model that ``DistributedModelParallel`` will shard, ``cpu`` otherwise.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_embeddings: dict[str, int],
+        content: ContentTower | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        if (content is None) != (cfg.content == "none"):
+            raise ValueError(f"model.content={cfg.content!r} but a content tower was{' not' * (content is None)} given")
+        if content is not None and cfg.content_dim is not None and content.dim != cfg.content_dim:
+            raise ValueError(
+                f"model.content_dim={cfg.content_dim} but the content tower gives {content.dim}-dim vectors"
+            )
+        self.cfg = cfg
+        self.features = list(num_embeddings)
+        if not self.features or self.features[0] != ID_FEATURE:
+            raise ValueError(f"num_embeddings must start with {ID_FEATURE!r}, got {self.features}")
+        tables = [
+            EmbeddingBagConfig(
+                name=table_name(f),
+                embedding_dim=cfg.id_dim if f == ID_FEATURE else cfg.feature_dim,
+                num_embeddings=n,
+                feature_names=[f],
+                pooling=PoolingType.SUM if f == ID_FEATURE else PoolingType.MEAN,
+            )
+            for f, n in num_embeddings.items()
+        ]
+        self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
+        self.content = content
+        in_dim = cfg.id_dim + cfg.feature_dim * (len(self.features) - 1) + (content.dim if content else 0)
+        layers: list[nn.Module] = []
+        for width in cfg.hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        self.trunk = nn.Sequential(*layers)
+        self.head_dim = cfg.head_dim or (content.dim if content is not None else 64)
+        self.heads = nn.ModuleDict({h: nn.Linear(in_dim, self.head_dim) for h in cfg.heads})
+        self.skips = nn.ModuleDict()
+        if content is not None and cfg.content_skip:
+            for h in cfg.heads:
+                skip = nn.Linear(content.dim, self.head_dim, bias=False)
+                with torch.no_grad():
+                    if self.head_dim == content.dim:
+                        skip.weight.copy_(torch.eye(content.dim))
+                    else:
+                        nn.init.orthogonal_(skip.weight)
+                    head = cast(nn.Linear, self.heads[h])
+                    head.weight.zero_()
+                    head.bias.zero_()
+                self.skips[h] = skip
+
+    @property
+    def content_dim(self) -> int:
+        return self.content.dim if self.content is not None else 0
+
+    def forward(self, features: KeyedJaggedTensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.ebc(features).to_dict()
+        parts = [pooled[f] for f in self.features]  # each (B, dim)
+        content = self.content(codes) if self.content is not None else None  # (B, content_dim)
+        if content is not None:
+            parts.append(content)
+        x = self.trunk(torch.cat(parts, dim=1))  # (B, hidden[-1])
+        out = {}
+        for h, head in self.heads.items():
+            y = head(x)  # (B, head_dim)
+            if h in self.skips:
+                y = y + self.skips[h](content)
+            out[h] = F.normalize(y, dim=-1)
+        return out
