@@ -26,8 +26,8 @@ __all__ = [
     "ContentTower",
     "FrozenContent",
     "ItemFeatures",
-    "ModelConfig",
     "MTMHModel",
+    "ModelConfig",
     "TrainableContent",
     "table_name",
 ]
@@ -218,7 +218,9 @@ class MTMHModel(nn.Module):
     ) -> None:
         super().__init__()
         if (content is None) != (cfg.content == "none"):
-            raise ValueError(f"model.content={cfg.content!r} but a content tower was{' not' * (content is None)} given")
+            raise ValueError(
+                f"model.content={cfg.content!r} but a content tower was{' not' * (content is None)} given"
+            )
         if content is not None and cfg.content_dim is not None and content.dim != cfg.content_dim:
             raise ValueError(
                 f"model.content_dim={cfg.content_dim} but the content tower gives {content.dim}-dim vectors"
