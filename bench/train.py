@@ -46,10 +46,11 @@ class SpreadFeatures(ItemFeatures):
     def num_embeddings(self) -> dict[str, int]:
         return {**super().num_embeddings(), "item_id": self.rows}
 
-    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values, lengths = super().lookup(codes)
+    def lookup(self, codes: np.ndarray, drop_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        values, lengths = super().lookup(codes, drop_id)
         values = values.copy()
-        values[: len(codes)] *= self.rows // self.num_items  # the id feature comes first
+        n_ids = int(lengths[: len(codes)].sum())  # the id feature comes first
+        values[:n_ids] *= self.rows // self.num_items
         return values, lengths
 
 
@@ -147,7 +148,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     full = res.steps_per_sec
 
     # Pre-built batches for the others (same global steps as the loop's).
-    prebuilt = [collate(features.names, batches[s]) for s in range(args.steps + 5)]
+    prebuilt = [collate(features, batches[s]) for s in range(args.steps + 5)]
 
     # 2. bare DMP forward/backward/step
     torch.manual_seed(0)

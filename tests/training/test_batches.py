@@ -68,7 +68,7 @@ def test_log_q_is_target_frequency_and_collate_builds_a_kjt() -> None:
     assert "labels" not in arrays
     expect = {1: np.log(0.75), 4: np.log(0.25)}
     assert np.allclose(arrays["log_q"], [expect[int(d)] for d in dst[b.pairs_of_step(0)]])
-    batch = collate(f.names, arrays)
+    batch = collate(f, arrays)
     assert batch.features.keys() == ["item_id", "genres"]
     assert batch.features["item_id"].values().tolist() == arrays["codes"].tolist()
 

@@ -139,13 +139,16 @@ class ItemFeatures:
     def num_embeddings(self) -> dict[str, int]:
         return {ID_FEATURE: self.num_items, **{f: max(len(v), 1) for f, v in self.vocab.items()}}
 
-    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """KJT ``values`` and ``lengths`` (feature-major) for a batch of item codes."""
+    def lookup(self, codes: np.ndarray, drop_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """KJT ``values`` and ``lengths`` (feature-major) for a batch of item codes.
+
+        An item gets an empty id bag when ``no_id`` marks it, or where ``drop_id`` (B,) is True
+        (training-time id dropout)."""
         codes = np.asarray(codes, dtype=np.int64)
-        vals, lens = [codes], [np.ones(len(codes), dtype=np.int64)]
-        if self.no_id is not None:
-            has = ~self.no_id[codes]
-            vals, lens = [codes[has]], [has.astype(np.int64)]
+        has = np.ones(len(codes), dtype=bool) if self.no_id is None else ~self.no_id[codes]
+        if drop_id is not None:
+            has &= ~drop_id
+        vals, lens = [codes[has]], [has.astype(np.int64)]
         for f in self.vocab:
             off, v = self.offsets[f], self.values[f]
             start, end = off[codes], off[codes + 1]
@@ -157,11 +160,14 @@ class ItemFeatures:
         return np.concatenate(vals), np.concatenate(lens)
 
     def kjt(self, codes: np.ndarray) -> KeyedJaggedTensor:
-        values, lengths = self.lookup(codes)
+        return self.kjt_from_arrays(*self.lookup(codes))
+
+    def kjt_from_arrays(self, values: np.ndarray, lengths: np.ndarray) -> KeyedJaggedTensor:
+        """The KJT of :meth:`lookup`'s arrays (built where the arrays are used, not in workers)."""
         return KeyedJaggedTensor.from_lengths_sync(
             keys=self.names,
-            values=torch.from_numpy(values),
-            lengths=torch.from_numpy(lengths).to(torch.int32),
+            values=torch.from_numpy(np.asarray(values)),
+            lengths=torch.from_numpy(np.asarray(lengths)).to(torch.int32),
         )
 
 

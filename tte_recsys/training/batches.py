@@ -120,13 +120,10 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         lo = self.rank * b
         q, t = src[lo : lo + b], dst[lo : lo + b]  # (b,)
         codes = np.concatenate([q, t])
-        values, lengths = self.features.lookup(codes)
-        if self.id_dropout > 0:  # the id feature comes first: one value per item
-            n = len(codes)
-            keep = np.random.default_rng([self.seed, step, self.rank, 1]).random(n) >= self.id_dropout
-            values = np.concatenate([values[:n][keep], values[n:]])
-            lengths = lengths.copy()
-            lengths[:n] = keep
+        drop = None
+        if self.id_dropout > 0:
+            drop = np.random.default_rng([self.seed, step, self.rank, 1]).random(len(codes)) < self.id_dropout
+        values, lengths = self.features.lookup(codes, drop)
         out = {
             "codes": codes,
             "values": values,
@@ -140,15 +137,11 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         return out
 
 
-def collate(keys: list[str], arrays: dict[str, np.ndarray]) -> Batch:
+def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
     """Worker arrays -> a :class:`Batch` (the KJT is built here, in the main process)."""
     labels = arrays.get("labels")
     return Batch(
-        features=KeyedJaggedTensor.from_lengths_sync(
-            keys=keys,
-            values=torch.from_numpy(arrays["values"]),
-            lengths=torch.from_numpy(arrays["lengths"]).to(torch.int32),
-        ),
+        features=features.kjt_from_arrays(arrays["values"], arrays["lengths"]),
         codes=torch.from_numpy(arrays["codes"]),
         pos=torch.from_numpy(arrays["pos"]),
         labels=None if labels is None else torch.from_numpy(labels),
@@ -167,6 +160,5 @@ def batch_loader(batches: PairBatches, start: int, stop: int, num_workers: int) 
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
     )
-    keys = batches.features.names
     for arrays in loader:
-        yield collate(keys, {k: np.asarray(v) for k, v in arrays.items()})
+        yield collate(batches.features, {k: np.asarray(v) for k, v in arrays.items()})
