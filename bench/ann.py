@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from tte_recsys.serving.faiss_index import IndexConfig, build_index, measure, set_search_params
+from tte_recsys.serving.faiss_index import IndexConfig, build_index, measure, near_queries, set_search_params
 
 K = 100
 
@@ -49,10 +49,7 @@ def near(x: np.ndarray, q: int, radius: float, seed: int) -> np.ndarray:
     """``q`` queries near random items: item + a random direction of norm ``radius``, renormalised
     (radius 0.3: cosine about 0.96 to the item it came from, whatever the dim)."""
     rng = np.random.default_rng(seed)
-    base = x[rng.choice(len(x), q, replace=False)]
-    step = rng.normal(size=base.shape).astype(np.float32)
-    step *= radius / np.linalg.norm(step, axis=1, keepdims=True)
-    return unit(base + step)
+    return near_queries(x[rng.choice(len(x), q, replace=False)], radius, rng)
 
 
 def chunks_of(x: np.ndarray):  # type: ignore[no-untyped-def]

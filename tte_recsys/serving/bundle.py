@@ -28,7 +28,7 @@ import polars as pl
 
 from tte_recsys.artifacts import atomic_path, write_manifest, write_parquet
 from tte_recsys.serving.embed_job import SHARDS, JobSpec, write_shards
-from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure
+from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure, near_queries
 from tte_recsys.training.export import ExportedModel
 
 __all__ = ["KIND", "PROBES", "build_bundle", "read_head_chunks", "write_vectors"]
@@ -36,6 +36,7 @@ __all__ = ["KIND", "PROBES", "build_bundle", "read_head_chunks", "write_vectors"
 log = logging.getLogger(__name__)
 KIND = "faiss_bundle"
 PROBES = 8
+QUERY_RADIUS = 0.3  # ANN quality is measured with queries this far from their items (as bench/ann.py)
 VECTORS = "vectors"
 
 
@@ -95,11 +96,9 @@ def build_bundle(
         index, params = build_index(chunks, n, dim, cfg)
         with atomic_path(out / f"{h}.faiss") as tmp:
             faiss.write_index(index, str(tmp))
-        # Queries near but not on items: stored vectors plus a little noise, renormalised.
         sample = np.sort(rng.choice(n, size=min(eval_queries, n), replace=False))
         base = np.concatenate([v[np.isin(i, sample)] for i, v in chunks()])
-        q = base + rng.normal(scale=0.05, size=base.shape).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        q = near_queries(base, QUERY_RADIUS, rng)
         k = min(recall_k, n)
         _, exact = exact_topk(q, chunks, k)
         quality = measure(index, q, exact, k)

@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-__all__ = ["IndexConfig", "build_index", "exact_topk", "measure", "set_search_params"]
+__all__ = ["IndexConfig", "build_index", "exact_topk", "measure", "near_queries", "set_search_params"]
 
 KINDS = ("auto", "flat", "hnsw", "ivf_flat", "ivf_pq")
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh iterator of (ids, vectors) chunks
@@ -138,6 +138,15 @@ def build_index(chunks: Chunks, n: int, dim: int, cfg: IndexConfig) -> tuple[fai
         index = faiss.index_gpu_to_cpu(index)
     set_search_params(index, cfg)
     return index, params
+
+
+def near_queries(base: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """Queries near but not on the (Q, D) unit vectors ``base``: each moved by a random direction
+    of norm ``radius`` and renormalised (0.3: cosine about 0.96 to its item, whatever the dim)."""
+    step = rng.normal(size=base.shape).astype(np.float32)
+    step *= radius / np.linalg.norm(step, axis=1, keepdims=True)
+    q = base + step
+    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
 
 
 def exact_topk(queries: np.ndarray, chunks: Chunks, k: int) -> tuple[np.ndarray, np.ndarray]:
