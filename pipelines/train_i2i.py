@@ -136,13 +136,14 @@ class Trainer:
         labeler: RelevanceLabeler,
         features: ItemFeatures,
         eval_cfg: EvalConfig,
+        trainer_cfg: TrainerConfig,
         out: Path,
         rank: int,
         world: int,
     ) -> None:
         self.cfg, self.ds, self.split, self.labeler, self.features = cfg, ds, split, labeler, features
         self.eval_cfg, self.out, self.rank, self.world = eval_cfg, out, rank, world
-        self.trainer_cfg = from_mapping(TrainerConfig, cfg.trainer, "trainer")
+        self.trainer_cfg = trainer_cfg
         pairs = split.train_pairs
         self.src, self.dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
 
@@ -238,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
     model_cfg = from_mapping(ModelConfig, cfg.model, "model")
     loss_cfg = from_mapping(LossConfig, cfg.loss, "loss")
-    from_mapping(TrainerConfig, cfg.trainer, "trainer")  # fail on a bad trainer config before any work
+    trainer_cfg = from_mapping(TrainerConfig, cfg.trainer, "trainer")  # fails before any work
     lams = [float(x) for x in cfg.select.lams]
     if any(lam < 0 for lam in lams):
         raise ValueError(f"select.lams={lams}: lambda must be >= 0")
@@ -248,7 +249,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
     content, content_spec = build_content(cfg, model_cfg, ds, out)
-    t = Trainer(cfg, ds, split, labeler, features, eval_cfg, out, rank, world)
+    t = Trainer(cfg, ds, split, labeler, features, eval_cfg, trainer_cfg, out, rank, world)
     k = eval_cfg.select_k
     heads = list(model_cfg.heads)
     shares = [float(s) for s in cfg.select.shares]
