@@ -113,7 +113,7 @@ def build_content(
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces_dir = _traces_dir(cfg, out)
     traces = load_trace_texts(traces_dir, items)[0] if traces_dir else {}
-    embedder, _ = embedder_from_config(cfg.embedder)
+    embedder, _ = embedder_from_config({**cfg.embedder, "runtime": "torch"})  # trained: PyTorch
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
     embedder = add_lora(embedder, **lora)  # type: ignore[arg-type]
     spec: dict[str, Any] = {

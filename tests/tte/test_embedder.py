@@ -140,7 +140,9 @@ def test_onnx_runtime_matches_torch_and_exports_once(minilm: Embedder, tmp_path:
     )
     build_embedder("minilm", runtime="onnx", onnx_cache_dir=str(tmp_path))
     assert exported.stat().st_mtime_ns == stamp  # reused, not exported again
-    with pytest.raises(ValueError, match=r"embedder.runtime='tvm': expected one of \['torch', 'onnx'\]"):
+    with pytest.raises(
+        ValueError, match=r"embedder.runtime='tvm': expected one of \['auto', 'torch', 'onnx'\]"
+    ):
         build_embedder("minilm", runtime="tvm")
     with pytest.raises(
         ValueError, match="runtime=onnx supports text-only embedders with mean/cls/last pooling"

