@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from tests.conftest import make_dataset
@@ -65,3 +66,19 @@ def test_evaluate_retriever_semrel_and_contract() -> None:
     assert m["coverage@2"] == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match="retriever 'fixed' returned a trigger among its own candidates"):
         evaluate_retriever(_Fixed({0: [0, 3], 1: [5, 4]}), EV, lab, 6, cfg)
+
+
+def test_cold_share_counts_retrieved_slots_holding_cold_items() -> None:
+    genres = {str(i): ["a"] for i in range(6)}
+    lab = RelevanceLabeler.from_dataset(
+        make_dataset([("u", "0", 1)], items=genres), LabelConfig(fields={"genres": 1.0})
+    )
+    cold_items = np.array([False, False, False, True, False, True])  # items 3 and 5
+    ev = EvalSet.from_pairs(pl.DataFrame({"src": [0, 0, 1], "dst": [2, 3, 4]}), cold_items)
+    assert ev.cold.tolist() == [False, True, False]
+    m = evaluate_retriever(_Fixed({0: [2, 3], 1: [5, 4]}), ev, lab, 6, EvalConfig(ks=(1, 2), select_k=2))
+    assert m["cold_share@1"] == pytest.approx(1 / 2)  # [2], [5]
+    assert m["cold_share@2"] == pytest.approx(2 / 4)  # 3 and 5 among 4 slots
+    assert "cold_share@2" not in evaluate_retriever(
+        _Fixed({0: [2, 3], 1: [5, 4]}), EV, lab, 6, EvalConfig(ks=(2,), select_k=2)
+    )

@@ -32,12 +32,15 @@ class EvalSet:
         indptr: (T + 1,) offsets into ``targets``.
         targets: (P,) item codes of the positives.
         cold: (P,) True where the target has no train interactions.
+        cold_items: (N,) the same per item code (None when not known): for the share of
+            retrieved slots that go to cold items.
     """
 
     triggers: np.ndarray
     indptr: np.ndarray
     targets: np.ndarray
     cold: np.ndarray
+    cold_items: np.ndarray | None = None
 
     @classmethod
     def from_pairs(cls, pairs: pl.DataFrame, cold_items: np.ndarray) -> EvalSet:
@@ -46,7 +49,7 @@ class EvalSet:
         src, dst = p["src"].to_numpy().astype(np.int64), p["dst"].to_numpy().astype(np.int64)
         triggers, starts = np.unique(src, return_index=True)
         indptr = np.append(starts, len(src)).astype(np.int64)
-        return cls(triggers=triggers, indptr=indptr, targets=dst, cold=cold_items[dst])
+        return cls(triggers=triggers, indptr=indptr, targets=dst, cold=cold_items[dst], cold_items=cold_items)
 
     @property
     def num_triggers(self) -> int:

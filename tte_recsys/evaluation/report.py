@@ -32,7 +32,7 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
     """Write ``report.json`` and ``report.md``; returns the markdown."""
     out = Path(out_dir)
     ks = report["eval"]["ks"]
-    cols = [f"{m}@{k}" for k in ks for m in ("recall", "semrel", "coverage", "cold_recall")]
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "semrel", "coverage", "cold_recall", "cold_share")]
     md = [
         f"# {title}",
         "",
@@ -40,7 +40,8 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
         "",
         "Test split. recall = mean over triggers of held-out co-engaged targets found in the top-K; "
         "semrel = mean graded relevance label of the top-K; coverage = share of the catalog retrieved; "
-        "cold_recall = recall on targets with no train interactions.",
+        "cold_recall = recall on targets with no train interactions; cold_share = share of the "
+        "retrieved slots that hold such items.",
         "",
         markdown_table(report["methods"], cols),
     ]
