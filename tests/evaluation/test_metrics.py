@@ -8,7 +8,7 @@ from tests.conftest import make_dataset
 from tte_recsys.config import EvalConfig, LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet
-from tte_recsys.evaluation.metrics import coverage_at_k, recall_at_k
+from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
 from tte_recsys.evaluation.protocol import evaluate_retriever
 
 # trigger 0 -> {2, 3 (cold)}, trigger 1 -> {4}
@@ -16,7 +16,7 @@ EV = EvalSet(
     triggers=np.array([0, 1]),
     indptr=np.array([0, 2, 3]),
     targets=np.array([2, 3, 4]),
-    cold=np.array([False, True, False]),
+    cold_items=np.array([False, False, False, True, False, False, False, False]),  # item 3
 )
 
 
@@ -79,6 +79,6 @@ def test_cold_share_counts_retrieved_slots_holding_cold_items() -> None:
     m = evaluate_retriever(_Fixed({0: [2, 3], 1: [5, 4]}), ev, lab, 6, EvalConfig(ks=(1, 2), select_k=2))
     assert m["cold_share@1"] == pytest.approx(1 / 2)  # [2], [5]
     assert m["cold_share@2"] == pytest.approx(2 / 4)  # 3 and 5 among 4 slots
-    assert "cold_share@2" not in evaluate_retriever(
-        _Fixed({0: [2, 3], 1: [5, 4]}), EV, lab, 6, EvalConfig(ks=(2,), select_k=2)
-    )
+    assert cold_share_at_k(np.array([[3, -1], [5, 4]]), cold_items) == pytest.approx(2 / 3)  # -1: empty slot
+    m = evaluate_retriever(_Fixed({0: [2, 3], 1: [5, 4]}), EV, lab, 6, EvalConfig(ks=(2,), select_k=2))
+    assert m["cold_share@2"] == pytest.approx(1 / 4)  # EV: only item 3 is cold

@@ -31,16 +31,13 @@ class EvalSet:
         triggers: (T,) item codes, ascending.
         indptr: (T + 1,) offsets into ``targets``.
         targets: (P,) item codes of the positives.
-        cold: (P,) True where the target has no train interactions.
-        cold_items: (N,) the same per item code (None when not known): for the share of
-            retrieved slots that go to cold items.
+        cold_items: (N,) True per item code where the item has no train interactions.
     """
 
     triggers: np.ndarray
     indptr: np.ndarray
     targets: np.ndarray
-    cold: np.ndarray
-    cold_items: np.ndarray | None = None
+    cold_items: np.ndarray
 
     @classmethod
     def from_pairs(cls, pairs: pl.DataFrame, cold_items: np.ndarray) -> EvalSet:
@@ -49,7 +46,12 @@ class EvalSet:
         src, dst = p["src"].to_numpy().astype(np.int64), p["dst"].to_numpy().astype(np.int64)
         triggers, starts = np.unique(src, return_index=True)
         indptr = np.append(starts, len(src)).astype(np.int64)
-        return cls(triggers=triggers, indptr=indptr, targets=dst, cold=cold_items[dst], cold_items=cold_items)
+        return cls(triggers=triggers, indptr=indptr, targets=dst, cold_items=cold_items)
+
+    @property
+    def cold(self) -> np.ndarray:
+        """(P,) True where the positive's target has no train interactions."""
+        return self.cold_items[self.targets]
 
     @property
     def num_triggers(self) -> int:

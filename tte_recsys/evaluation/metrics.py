@@ -6,7 +6,7 @@ import numpy as np
 
 from tte_recsys.data.split import EvalSet
 
-__all__ = ["coverage_at_k", "hits", "recall_at_k"]
+__all__ = ["cold_share_at_k", "coverage_at_k", "hits", "recall_at_k"]
 
 
 def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
@@ -41,3 +41,9 @@ def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> 
 def coverage_at_k(topk: np.ndarray, num_items: int) -> float:
     """Fraction of the catalog that appears in at least one top-K list."""
     return float(len(np.unique(topk[topk >= 0])) / num_items)
+
+
+def cold_share_at_k(topk: np.ndarray, cold_items: np.ndarray) -> float:
+    """Share of the filled top-K slots (code >= 0) that hold cold items."""
+    filled = topk[topk >= 0]
+    return float(cold_items[filled].mean()) if len(filled) else float("nan")

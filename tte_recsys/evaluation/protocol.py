@@ -13,7 +13,7 @@ from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet, TemporalSplit
 from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity
-from tte_recsys.evaluation.metrics import coverage_at_k, recall_at_k
+from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
 from tte_recsys.evaluation.retrieval import Retriever
 
 __all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever", "retrieve_all"]
@@ -44,8 +44,8 @@ def retrieve_all(retriever: Retriever, triggers: np.ndarray, k: int, batch_size:
 def evaluate_retriever(
     retriever: Retriever, evalset: EvalSet, labeler: RelevanceLabeler, num_items: int, cfg: EvalConfig
 ) -> Metrics:
-    """recall@K, semrel@K, coverage@K, cold_recall@K and (when the eval set knows its cold items)
-    cold_share@K, the share of retrieved slots holding cold items, for every K in ``cfg.ks``."""
+    """recall@K, semrel@K, coverage@K, cold_recall@K and cold_share@K (the share of retrieved
+    slots holding cold items) for every K in ``cfg.ks``."""
     kmax = max(cfg.ks)
     topk = retrieve_all(retriever, evalset.triggers, kmax, cfg.batch_size)  # (T, Kmax)
     labels = labeler.topk(evalset.triggers, topk)  # (T, Kmax)
@@ -56,8 +56,7 @@ def evaluate_retriever(
         m[f"semrel@{k}"] = float(labels[:, :k].mean()) if len(top) else float("nan")
         m[f"coverage@{k}"] = coverage_at_k(top, num_items)
         m[f"cold_recall@{k}"] = recall_at_k(evalset, top, only_cold=True)
-        if evalset.cold_items is not None:
-            m[f"cold_share@{k}"] = float(evalset.cold_items[top].mean()) if len(top) else float("nan")
+        m[f"cold_share@{k}"] = cold_share_at_k(top, evalset.cold_items)
     return m
 
 
