@@ -148,3 +148,14 @@ def test_onnx_runtime_matches_torch_and_exports_once(minilm: Embedder, tmp_path:
         ValueError, match="runtime=onnx supports text-only embedders with mean/cls/last pooling"
     ):
         build_embedder("minilm", pooling="meta", runtime="onnx", onnx_cache_dir=str(tmp_path))
+
+
+def test_auto_runtime_takes_onnx_only_where_it_can_run(tmp_path: Path) -> None:
+    from tte_recsys.tte.onnx_runtime import OnnxEmbedder
+
+    cache = str(tmp_path)
+    on_cpu = not torch.cuda.is_available()
+    assert isinstance(build_embedder("minilm", runtime="auto", onnx_cache_dir=cache), OnnxEmbedder) is on_cpu
+    for kwargs in ({"pooling": "meta"}, {"dtype": "bfloat16"}):  # what ONNX export refuses
+        emb = build_embedder("minilm", runtime="auto", onnx_cache_dir=cache, **kwargs)
+        assert not isinstance(emb, OnnxEmbedder)

@@ -191,9 +191,10 @@ def build_embedder(
     if compile:
         backbone = cast(PreTrainedModel, torch.compile(backbone, dynamic=True, options={"freezing": True}))
     emb = Embedder(backbone, tok, pool, max_length=max_length, instruction=instruction, vision=vision)
-    if runtime == "auto":  # ONNX Runtime where it was measured faster: fp32 text-only on a CPU-only machine
-        onnx_ok = vision is None and pooling != "meta" and auto_dtype(dtype) == torch.float32
-        runtime = "onnx" if onnx_ok and not torch.cuda.is_available() else "torch"
+    if runtime == "auto":  # ONNX Runtime where it was measured faster: on a CPU-only machine
+        from tte_recsys.tte.onnx_runtime import onnx_unsupported
+
+        runtime = "onnx" if onnx_unsupported(emb) is None and not torch.cuda.is_available() else "torch"
     if runtime == "onnx":
         from tte_recsys.tte.onnx_runtime import OnnxEmbedder
 

@@ -20,7 +20,7 @@ from tte_recsys.artifacts import atomic_path
 from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.pooling import MetaQueries
 
-__all__ = ["EXPORT_FORMAT", "OnnxEmbedder", "export_onnx"]
+__all__ = ["EXPORT_FORMAT", "OnnxEmbedder", "export_onnx", "onnx_unsupported"]
 
 EXPORT_FORMAT = 2  # bumped when the exported graph changes: 2 = eager attention
 
@@ -37,12 +37,19 @@ class _Graph(nn.Module):
         return nn.functional.normalize(self.pooling(h, attention_mask).float(), dim=-1)
 
 
+def onnx_unsupported(emb: Embedder) -> str | None:
+    """Why ``emb`` cannot run in ONNX Runtime, or None when it can (fp32, text-only, no meta-queries)."""
+    if emb.vision is not None or isinstance(emb.pooling, MetaQueries):
+        return "runtime=onnx supports text-only embedders with mean/cls/last pooling"
+    if next(emb.backbone.parameters()).dtype != torch.float32:
+        return "runtime=onnx exports fp32 weights; use dtype=float32"
+    return None
+
+
 def export_onnx(emb: Embedder, path: Path) -> Path:
     """Export ``emb`` (fp32, text-only, not meta-query pooling) to ``path`` atomically."""
-    if emb.vision is not None or isinstance(emb.pooling, MetaQueries):
-        raise ValueError("runtime=onnx supports text-only embedders with mean/cls/last pooling")
-    if next(emb.backbone.parameters()).dtype != torch.float32:
-        raise ValueError("runtime=onnx exports fp32 weights; use dtype=float32")
+    if (reason := onnx_unsupported(emb)) is not None:
+        raise ValueError(reason)
     graph = _Graph(emb).eval()
     ids = torch.full((2, 8), int(emb.tokenizer.pad_token_id or 0) + 1, dtype=torch.long)
     mask = torch.ones_like(ids)
