@@ -33,23 +33,24 @@ from tte_recsys.tte.models import cpu_has_fast_bf16, resolve_model_dir
 
 def ours(items: list, mode: str, batch: int) -> tuple[float, np.ndarray, float]:
     """(items/s, vectors, one-off setup seconds) through embed_catalog into a temp folder."""
-    t0 = time.perf_counter()
-    emb = build_embedder(
-        "minilm",
-        dtype="bfloat16" if mode == "bf16" else "float32",
-        compile=mode == "compiled",
-        runtime="onnx" if mode == "onnx" else "torch",
-        onnx_cache_dir=tempfile.mkdtemp(prefix="onnx-"),  # exported fresh: counted in setup
-    )
-    emb.encode([embedding_text(it) for it in items[:256]], batch_size=batch)  # warm-up (and compile)
-    setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        emb = build_embedder(
+            "minilm",
+            dtype="bfloat16" if mode == "bf16" else "float32",
+            compile=mode == "compiled",
+            runtime="onnx" if mode == "onnx" else "torch",
+            onnx_cache_dir=str(Path(d) / "onnx"),  # exported fresh: counted in setup
+        )
+        emb.encode([embedding_text(it) for it in items[:256]], batch_size=batch)  # warm-up (and compile)
+        setup = time.perf_counter() - t0
+        out = Path(d) / "vectors"
         spec = JobSpec("movielens", len(items), 2048, f"minilm|{mode}", "none")
         t = time.perf_counter()
-        embed_catalog(items, emb, Path(d), spec, batch_size=batch)
+        embed_catalog(items, emb, out, spec, batch_size=batch)
         secs = time.perf_counter() - t
-        write_manifest(d, "embed_items", {"model_id": spec.model_id, "trace_version": "none"})
-        vecs = load_vectors(d).vectors
+        write_manifest(out, "embed_items", {"model_id": spec.model_id, "trace_version": "none"})
+        vecs = load_vectors(out).vectors
     return len(items) / secs, vecs, setup
 
 
