@@ -274,8 +274,9 @@ class MTMHModel(nn.Module):
         return self.content.dim if self.content is not None else 0
 
     def forward(self, features: KeyedJaggedTensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.ebc(features).to_dict()
-        parts = [pooled[f] for f in self.features]  # each (B, dim)
+        # (B, sum of table dims): the EBC's KeyedTensor already holds the tables side by side, in
+        # config order (= self.features); to_dict() + cat would split and copy it back together.
+        parts = [self.ebc(features).values()]
         content = self.content(codes) if self.content is not None else None  # (B, content_dim)
         if content is not None:
             parts.append(content)

@@ -174,7 +174,7 @@ def fit(
         query = {h: emb[h][:b] for h in heads}
         cand = {h: _candidates(emb[h][b:], world) for h in heads}
         terms = mtmh_loss(query, cand, batch.pos, batch.labels, loss_cfg, batch.log_q, batch.mask)
-        sharded.optimizer.zero_grad()
+        sharded.optimizer.zero_grad(set_to_none=True)  # torchrec's default zero-fills, then backward adds
         terms["loss"].backward()
         sharded.optimizer.step()
         step += 1
