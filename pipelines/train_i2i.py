@@ -2,8 +2,8 @@
 
 Splits the log by time; gets the content vectors (the embedding job, after the reasoner's traces
 when one is configured); trains the MTMH model for each lambda of ``select.lams`` and the
-reference models (one head with lambda = 0; id-only); chooses lambda and the serving quota on
-the valid split; reports test metrics of everything against the classical baselines; draws
+reference models (one head with lambda = 0; id-only); chooses lambda, the id prior
+(:mod:`tte_recsys.models.id_prior`) and the serving quota on the valid split; reports test metrics of everything against the classical baselines; draws
 the quota trade-off (``quota_tradeoff.png``); writes the chosen model's unsharded export
 (``export/``), ``report.json`` and ``report.md``. Runs under ``torchrun`` (pass ``hydra.run.dir``).
 """
@@ -33,6 +33,7 @@ from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.evaluation.retrieval import Retriever
 from tte_recsys.losses.mtmh import LossConfig
+from tte_recsys.models.id_prior import IdPrior, apply_id_prior
 from tte_recsys.models.mtmh import (
     ContentTower,
     FrozenContent,
@@ -151,6 +152,16 @@ class Trainer:
         model.load_state_dict(state, strict=False)
         return encode_items(model, self.features)
 
+    def with_priors(
+        self, model: MTMHModel, state: dict[str, torch.Tensor], priors: list[IdPrior]
+    ) -> dict[float, Variant]:
+        """The trained state under each id prior (see :mod:`tte_recsys.models.id_prior`)."""
+        out = {}
+        for prior in priors:
+            st, stats = apply_id_prior(model, state, self.features, self.split.item_counts, prior)
+            out[prior.shrink] = Variant(st, self.vectors(model, st), stats)
+        return out
+
     def valid_score(
         self, eval_model: MTMHModel | None, state: dict[str, torch.Tensor]
     ) -> tuple[float, dict[str, float]]:
@@ -170,8 +181,14 @@ class Trainer:
         }
 
     def train(
-        self, name: str, model_cfg: ModelConfig, loss_cfg: LossConfig, content: ContentTower | None
-    ) -> tuple[TrainResult, dict[str, np.ndarray] | None]:
+        self,
+        name: str,
+        model_cfg: ModelConfig,
+        loss_cfg: LossConfig,
+        content: ContentTower | None,
+        priors: list[IdPrior],
+    ) -> tuple[TrainResult, dict[float, Variant]]:
+        """Train one model; on rank 0 also its item vectors under each id prior (by shrink)."""
         tc = self.trainer_cfg
         torch.manual_seed(tc.seed)
         ne = self.features.num_embeddings()
@@ -201,10 +218,10 @@ class Trainer:
             resume=bool(self.cfg.resume),
             desc=name,
         )
-        vecs = (
-            self.vectors(eval_model, res.best_state)
+        variants = (
+            self.with_priors(eval_model, res.best_state, priors)
             if eval_model is not None and res.best_state is not None
-            else None
+            else {}
         )
         log.info(
             "%s: best valid %.4f at step %d, %.1f steps/s",
@@ -213,7 +230,16 @@ class Trainer:
             res.best_step,
             res.steps_per_sec,
         )
-        return res, vecs
+        return res, variants
+
+
+@dataclasses.dataclass
+class Variant:
+    """A trained model after its id prior: the state to export, its item vectors, fit stats."""
+
+    state: dict[str, torch.Tensor]
+    vecs: dict[str, np.ndarray]
+    prior: dict[str, Any]
 
 
 def _sweep(
@@ -243,6 +269,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lams = [float(x) for x in cfg.select.lams]
     if any(lam < 0 for lam in lams):
         raise ValueError(f"select.lams={lams}: lambda must be >= 0")
+    priors = [
+        from_mapping(IdPrior, {**cfg.id_prior, "shrink": float(x)}, "id_prior")
+        for x in cfg.select.id_prior_shrinks
+    ]
+    if not priors:
+        raise ValueError("select.id_prior_shrinks is empty: give at least [0] (no id prior)")
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
@@ -254,35 +286,49 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     heads = list(model_cfg.heads)
     shares = [float(s) for s in cfg.select.shares]
 
-    # MTMH for each lambda; lambda and quota chosen jointly on valid.
+    # MTMH for each lambda; lambda, id prior and quota chosen jointly on valid.
     candidates: list[dict[str, Any]] = []
-    trained: dict[float, tuple[TrainResult, dict[str, np.ndarray] | None]] = {}
+    trained: dict[float, tuple[TrainResult, dict[float, Variant]]] = {}
     for lam in lams:
         lc = dataclasses.replace(loss_cfg, lam=lam)
-        trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content)
-        vecs = trained[lam][1]
-        if vecs is not None:
-            for p in _sweep(vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg):
-                candidates.append({"lam": lam, **p})
+        trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content, priors)
+        for shrink, var in trained[lam][1].items():
+            for p in _sweep(var.vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg):
+                candidates.append({"lam": lam, "id_prior_shrink": shrink, **p})
     choice = choose_point(candidates, k, float(cfg.select.recall_tolerance)) if rank == 0 else {}
-    lam = float(distributed.all_gather_objects(choice.get("lam", 0.0))[0])
-    share = float(distributed.all_gather_objects(choice.get("share", 1.0))[0])
+    lam, shrink, share = (
+        float(x)
+        for x in distributed.all_gather_objects(
+            [choice.get(key, 0.0) for key in ("lam", "id_prior_shrink", "share")]
+        )[0]
+    )
+    chosen_prior = dataclasses.replace(priors[0], shrink=shrink)
 
-    refs: dict[str, tuple[TrainResult, dict[str, np.ndarray] | None, ModelConfig]] = {}
+    refs: dict[str, tuple[TrainResult, dict[float, Variant], ModelConfig]] = {}
     if cfg.compare.single_head:
         sc = dataclasses.replace(model_cfg, heads=(heads[0],))
         refs["single_head_lam0"] = (
-            *t.train("single_head_lam0", sc, dataclasses.replace(loss_cfg, lam=0.0, alpha=0.0), content),
+            *t.train(
+                "single_head_lam0",
+                sc,
+                dataclasses.replace(loss_cfg, lam=0.0, alpha=0.0),
+                content,
+                [chosen_prior],
+            ),
             sc,
         )
     if cfg.compare.id_only and model_cfg.content != "none":
         ic = dataclasses.replace(model_cfg, content="none")
-        refs["id_only"] = (*t.train("id_only", ic, dataclasses.replace(loss_cfg, lam=lam), None), ic)
+        refs["id_only"] = (
+            *t.train("id_only", ic, dataclasses.replace(loss_cfg, lam=lam), None, [chosen_prior]),
+            ic,
+        )
 
     report: dict[str, Any] = {}
     if rank == 0:
-        best_res, best_vecs = trained[lam]
-        assert best_vecs is not None and best_res.best_state is not None
+        best_res, best_variants = trained[lam]
+        best = best_variants[shrink]
+        best_vecs = best.vecs
         extra: dict[str, Callable[[], Retriever]] = {}
         if isinstance(content, FrozenContent):
             extra["content"] = partial(ContentCosine, content.table.numpy())
@@ -293,11 +339,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for h in heads:
             extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, best_vecs, {h: 1.0}, h)
         for name, (_, v, rc) in refs.items():
-            assert v is not None
-            extra[name] = partial(HeadVectorsRetriever, v, quota_shares(list(rc.heads), share), name)
+            extra[name] = partial(
+                HeadVectorsRetriever, v[shrink].vecs, quota_shares(list(rc.heads), share), name
+            )
         methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
         test_curve = _sweep(best_vecs, heads, shares, split.test, labeler, ds.num_items, eval_cfg)
-        valid_curve = [c for c in candidates if c["lam"] == lam]
+        valid_curve = [c for c in candidates if c["lam"] == lam and c["id_prior_shrink"] == shrink]
         plot_tradeoff(
             out / "quota_tradeoff.png",
             valid_curve,
@@ -308,13 +355,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         save_export(
             out / "export",
-            best_res.best_state,
+            best.state,
             model_cfg,
             features,
             ds.items["item_id"].to_list(),
             content,
             content_spec,
-            {"dataset": ds.name, "lam": lam, "share": share, "best_step": best_res.best_step},
+            {
+                "dataset": ds.name,
+                "lam": lam,
+                "share": share,
+                "id_prior": best.prior,
+                "best_step": best_res.best_step,
+            },
         )
         report = {
             "dataset": ds.name,
@@ -326,6 +379,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "mtmh": {
                     "lam": lam,
                     "share": share,
+                    "id_prior": best.prior,
                     "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
                     "valid_points": candidates,
                 },

@@ -66,6 +66,10 @@ def test_tiny_run_reports_and_exports(
     ):
         assert name in methods, name
     assert sel["share"] in (1.0, 0.5, 0.0) and sel["lam"] == 1.0
+    # Both id-prior settings were scored on valid, at every quota; the chosen one is exported.
+    points = {(p["id_prior_shrink"], p["share"]) for p in sel["valid_points"]}
+    assert points == {(s, q) for s in (0.0, 1.0) for q in (1.0, 0.5, 0.0)}
+    assert sel["id_prior"]["shrink"] in (0.0, 1.0)
     assert all(np.isfinite(report["training"]["mtmh_lam1"]["loss_curve"]))
     assert (out / "quota_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
@@ -198,6 +202,8 @@ def test_think_then_embed_with_a_reasoner(
         ("model.heads=[coeng,ctr]", "unknown: \\['ctr'\\]"),
         ("loss.lam=-1", "loss.lam=-1"),
         ("select.lams=[1.0,-0.5]", "lambda must be >= 0"),
+        ("select.id_prior_shrinks=[0,-1]", "id_prior.shrink=-1.0: expected >= 0"),
+        ("id_prior.ridge=0", "id_prior.ridge=0: expected > 0"),
         ("model.content_dim=7", "model.content_dim=7 but the content vectors"),
         ("+trainer.batch_sise=8", "unknown key\\(s\\) \\['batch_sise'\\]"),
         ("model.heads=[semantic]", "'semantic' but loss.lam = loss.alpha = 0"),
