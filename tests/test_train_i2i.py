@@ -49,7 +49,9 @@ def _report(out: Path) -> dict:  # type: ignore[type-arg]
 def test_tiny_run_reports_and_exports(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
-    report = train_i2i.run(compose_cfg("train_i2i", _args(tiny_qwen_dir)))
+    # With the id prior on, the fresh-process check below also shows that the export carries the
+    # adjusted id table (cold items' rows are the prediction, not their initial values).
+    report = train_i2i.run(compose_cfg("train_i2i", _args(tiny_qwen_dir, "select.id_prior_shrinks=[1.0]")))
     out = tmp_path / "out"
     sel = report["selection"]["mtmh"]
     row = MTMH_ROW.format(**sel)
@@ -66,10 +68,10 @@ def test_tiny_run_reports_and_exports(
     ):
         assert name in methods, name
     assert sel["share"] in (1.0, 0.5, 0.0) and sel["lam"] == 1.0
-    # Both id-prior settings were scored on valid, at every quota; the chosen one is exported.
-    points = {(p["id_prior_shrink"], p["share"]) for p in sel["valid_points"]}
-    assert points == {(s, q) for s in (0.0, 1.0) for q in (1.0, 0.5, 0.0)}
-    assert sel["id_prior"]["shrink"] in (0.0, 1.0)
+    assert {(p["id_prior_shrink"], p["share"]) for p in sel["valid_points"]} == {
+        (1.0, q) for q in (1.0, 0.5, 0.0)
+    }
+    assert sel["id_prior"]["shrink"] == 1.0 and sel["id_prior"]["cold_items"] > 0
     assert all(np.isfinite(report["training"]["mtmh_lam1"]["loss_curve"]))
     assert (out / "quota_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
