@@ -81,6 +81,10 @@ class PlainEBC(nn.Module):
         return _Pooled({f: bag(kjt[f].values(), kjt[f].offsets()[:-1]) for f, bag in self.bags.items()})
 
 
+EBC_DMP = "EBC alone (fwd/bwd/update): DMP"
+EBC_PLAIN = "EBC alone (fwd/bwd/update): nn.EmbeddingBag sparse + Adagrad"
+
+
 def _step(model: nn.Module, batch: Batch, heads: list[str], loss_cfg: LossConfig) -> torch.Tensor:
     emb = model(batch.features, batch.codes)
     b = len(batch.pos)
@@ -196,6 +200,22 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
                 o.step()
 
         variants[name] = partial(_time, prebuilt, plain_step)
+        if sparse:  # its tables with their own Adagrad, for the embedding-only timing
+            table_opt = torch.optim.Adagrad(table_params, lr=tcfg.sparse_lr)
+            plain_tables = (m.ebc, table_opt.zero_grad, table_opt.step)
+
+    # 4. the embedding part alone (EBC forward, backward, table update), DMP vs plain sparse.
+    def ebc_step(
+        ebc: nn.Module, zero: Callable[[], object], step: Callable[[], object], batch: Batch
+    ) -> None:
+        loss = ebc(batch.features).values().sum()
+        zero()
+        loss.backward()
+        step()
+
+    dmp_tables = (sh.dmp.module.ebc, partial(sh.optimizer.zero_grad, set_to_none=True), sh.optimizer.step)
+    variants[EBC_DMP] = partial(_time, prebuilt, partial(ebc_step, *dmp_tables))
+    variants[EBC_PLAIN] = partial(_time, prebuilt, partial(ebc_step, *plain_tables))
 
     # Interleaved rounds (the order rotates): this shared machine drifts by 10% or more within a
     # run, so each ratio is taken within a round and the median over rounds is reported.
@@ -205,7 +225,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
         for n in names[r % len(names) :] + names[: r % len(names)]:
             sps[n].append(variants[n]())
     full, bare = names[0], names[1]
-    plain = names[2:]
+    plain = [n for n in names[2:] if n not in (EBC_DMP, EBC_PLAIN)]
     print("\n| variant | steps/s (median) | pairs/s | rounds |\n|---|---:|---:|---|")
     for n in names:
         med = statistics.median(sps[n])
@@ -224,6 +244,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     )
     for n in plain:
         print(f"TorchRec DMP / {n} = {ratio(bare, n)}")
+    print(f"embedding part alone, DMP / nn.EmbeddingBag sparse + Adagrad = {ratio(EBC_DMP, EBC_PLAIN)}")
 
 
 if __name__ == "__main__":
