@@ -79,6 +79,11 @@ def bundle(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     root = tmp_path_factory.mktemp("serving")
     args = ["debug=tiny", f"embedder.model_path={tiny_qwen_dir}", "embedder.pooling=last"]
     args += ["compare.single_head=false", "compare.id_only=false", "select.shares=[0.5]"]
+    # No id prior here: the tiny random model's item vectors lie in a narrow cone (cosines above
+    # 0.999), and the prior narrows it further, to where float32 rounding in faiss's sgemm and
+    # numpy's matmul orders near-tied neighbours differently, while the test below wants exact
+    # equality. On real data the served rows equal the trained ones with the prior on (README).
+    args += ["select.id_prior_shrinks=[0.0]"]
     report = train_i2i.run(_compose("train_i2i", [*args, f"output_dir={root / 'run'}"]))
     export_faiss.run(_compose("export_faiss", [f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"]))
     return root / "run", root / "bundle", report
