@@ -84,3 +84,24 @@ def test_shrink_zero_is_off_and_bad_settings_say_what_is_wrong() -> None:
         apply_id_prior(model, state, feats, COUNTS[:3], IdPrior())
     with pytest.raises(ValueError, match="1 items have >= 9 train interactions"):
         apply_id_prior(model, state, feats, COUNTS, IdPrior(min_count=9))
+
+
+class _DropoutContent(FrozenContent):
+    """A content tower with dropout, like a trainable embedder in training mode."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__(table)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.drop(super().forward(codes))
+
+
+def test_the_prediction_uses_the_model_in_eval_mode_and_restores_it() -> None:
+    model, feats = _model(_DropoutContent(torch.randn(len(GENRES), 4)))
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first, _ = apply_id_prior(model, state, feats, COUNTS, IdPrior())
+    second, _ = apply_id_prior(model, state, feats, COUNTS, IdPrior())
+    assert torch.equal(first[id_table_key()], second[id_table_key()])  # no dropout noise
+    assert model.training

@@ -60,12 +60,15 @@ def _side_inputs(model: MTMHModel, features: ItemFeatures, batch_size: int = 409
     """(N, F) what the model knows of each item besides its id: content vector ++ pooled categoricals."""
     parts = []
     id_dim = model.cfg.id_dim
+    was_training = model.training
+    model.eval()  # a trainable content tower: no dropout
     for start in range(0, features.num_items, batch_size):
         codes = np.arange(start, min(start + batch_size, features.num_items))
         cols = [model.ebc(features.kjt(codes)).values()[:, id_dim:]]  # categoricals (the id comes first)
         if model.content is not None:
             cols.append(model.content(torch.from_numpy(codes)))
         parts.append(torch.cat(cols, dim=1).double().numpy())
+    model.train(was_training)
     return np.concatenate(parts)
 
 
