@@ -81,8 +81,8 @@ def bundle(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     args += ["compare.single_head=false", "compare.id_only=false", "select.shares=[0.5]"]
     # No id prior here: the tiny random model's item vectors lie in a narrow cone (cosines above
     # 0.999), and the prior narrows it further, to where float32 rounding in faiss's sgemm and
-    # numpy's matmul orders near-tied neighbours differently, while the test below wants exact
-    # equality. On real data the served rows equal the trained ones with the prior on (README).
+    # numpy's matmul orders near-tied neighbours (one ulp apart) differently, while the test
+    # below wants exact equality. Real data shows the same effect in 0.1% of slots (README).
     args += ["select.id_prior_shrinks=[0.0]"]
     report = train_i2i.run(_compose("train_i2i", [*args, f"output_dir={root / 'run'}"]))
     export_faiss.run(_compose("export_faiss", [f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"]))
