@@ -3,9 +3,10 @@
 Splits the log by time; gets the content vectors (the embedding job, after the reasoner's traces
 when one is configured); trains the MTMH model for each lambda of ``select.lams`` and the
 reference models (one head with lambda = 0; id-only); chooses lambda, the id prior
-(:mod:`tte_recsys.models.id_prior`) and the serving quota on the valid split; reports test metrics of everything against the classical baselines; draws
-the quota trade-off (``quota_tradeoff.png``); writes the chosen model's unsharded export
-(``export/``), ``report.json`` and ``report.md``. Runs under ``torchrun`` (pass ``hydra.run.dir``).
+(:mod:`tte_recsys.models.id_prior`) and the serving quota on the valid split; reports test
+metrics of everything against the classical baselines; draws the quota trade-off
+(``quota_tradeoff.png``); writes the chosen model's unsharded export (``export/``),
+``report.json`` and ``report.md``. Runs under ``torchrun`` (pass ``hydra.run.dir``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.evaluation.retrieval import Retriever
 from tte_recsys.losses.mtmh import LossConfig
-from tte_recsys.models.id_prior import IdPrior, apply_id_prior
+from tte_recsys.models.id_prior import IdPrior, apply_id_priors
 from tte_recsys.models.mtmh import (
     ContentTower,
     FrozenContent,
@@ -156,11 +157,11 @@ class Trainer:
         self, model: MTMHModel, state: dict[str, torch.Tensor], priors: list[IdPrior]
     ) -> dict[float, Variant]:
         """The trained state under each id prior (see :mod:`tte_recsys.models.id_prior`)."""
-        out = {}
-        for prior in priors:
-            st, stats = apply_id_prior(model, state, self.features, self.split.item_counts, prior)
-            out[prior.shrink] = Variant(st, self.vectors(model, st), stats)
-        return out
+        adjusted = apply_id_priors(model, state, self.features, self.split.item_counts, priors)
+        return {
+            p.shrink: Variant(st, self.vectors(model, st), stats)
+            for p, (st, stats) in zip(priors, adjusted, strict=True)
+        }
 
     def valid_score(
         self, eval_model: MTMHModel | None, state: dict[str, torch.Tensor]

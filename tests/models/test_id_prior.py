@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from tte_recsys.models.id_prior import IdPrior, apply_id_prior, id_table_key
+from tte_recsys.models.id_prior import IdPrior, apply_id_prior, apply_id_priors, id_table_key
 from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
 
 GENRES = [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "c"], ["a"], ["c"]]
@@ -105,3 +105,20 @@ def test_the_prediction_uses_the_model_in_eval_mode_and_restores_it() -> None:
     second, _ = apply_id_prior(model, state, feats, COUNTS, IdPrior())
     assert torch.equal(first[id_table_key()], second[id_table_key()])  # no dropout noise
     assert model.training
+
+
+def test_priors_that_differ_in_shrink_share_one_prediction(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tte_recsys.models import id_prior
+
+    model, feats = _model(FrozenContent(torch.randn(len(GENRES), 4)))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    priors = [IdPrior(shrink=s) for s in (0.0, 0.1, 1.0)]
+    one_by_one = [apply_id_prior(model, state, feats, COUNTS, p) for p in priors]
+    calls = []
+    side_inputs = id_prior._side_inputs
+    monkeypatch.setattr(id_prior, "_side_inputs", lambda *a: calls.append(1) or side_inputs(*a))
+    together = apply_id_priors(model, state, feats, COUNTS, priors)
+    assert len(calls) == 1  # one pass over the catalog, one fit
+    for (st1, stats1), (st2, stats2) in zip(one_by_one, together, strict=True):
+        assert stats1 == stats2 and torch.equal(st1[id_table_key()], st2[id_table_key()])
+    assert together[0][0] is state

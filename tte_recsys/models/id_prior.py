@@ -24,7 +24,7 @@ import torch
 
 from tte_recsys.models.mtmh import ID_FEATURE, ItemFeatures, MTMHModel, table_name
 
-__all__ = ["IdPrior", "apply_id_prior", "id_table_key"]
+__all__ = ["IdPrior", "apply_id_prior", "apply_id_priors", "id_table_key"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,45 @@ def _side_inputs(model: MTMHModel, features: ItemFeatures, batch_size: int = 409
     return np.concatenate(parts)
 
 
+def apply_id_priors(
+    model: MTMHModel,
+    state: dict[str, torch.Tensor],
+    features: ItemFeatures,
+    counts: np.ndarray,
+    priors: list[IdPrior],
+) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """``state`` with its id table shrunk towards the content prior, once per prior, with fit
+    statistics. The prediction (a pass over the catalog and a ridge fit) is made once per
+    ``(min_count, ridge)`` and shared by the priors that differ only in ``shrink``.
+
+    Args:
+        model: a plain (unsharded) model of the state's shape; ``state`` is loaded into it.
+        state: an unsharded state dict (the trained model).
+        features: the items' features (the model's categoricals).
+        counts: (N,) train interactions per item code.
+        priors: the priors' settings; one with ``shrink == 0`` gives ``state`` unchanged.
+    """
+    key = id_table_key()
+    predictions: dict[tuple[int, float], tuple[np.ndarray, dict[str, Any]]] = {}
+    out = []
+    for prior in priors:
+        if prior.shrink == 0:
+            out.append((state, {"shrink": 0.0}))
+            continue
+        fit_key = (prior.min_count, prior.ridge)
+        if fit_key not in predictions:
+            predictions[fit_key] = _predict_rows(model, state, features, counts, prior)
+        pred, stats = predictions[fit_key]
+        table = state[key].detach().double().numpy()
+        n = np.asarray(counts, dtype=np.float64)
+        w = (n / (n + prior.shrink))[:, None]
+        new = w * table + (1.0 - w) * pred
+        out.append(
+            ({**state, key: torch.from_numpy(new).to(state[key].dtype)}, {"shrink": prior.shrink, **stats})
+        )
+    return out
+
+
 def apply_id_prior(
     model: MTMHModel,
     state: dict[str, torch.Tensor],
@@ -79,18 +118,19 @@ def apply_id_prior(
     counts: np.ndarray,
     prior: IdPrior,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``state`` with its id table shrunk towards the content prior, and fit statistics.
+    """:func:`apply_id_priors` for one prior."""
+    return apply_id_priors(model, state, features, counts, [prior])[0]
 
-    Args:
-        model: a plain (unsharded) model of the state's shape; ``state`` is loaded into it.
-        state: an unsharded state dict (the trained model).
-        features: the items' features (the model's categoricals).
-        counts: (N,) train interactions per item code.
-        prior: the prior's settings; ``shrink == 0`` returns ``state`` unchanged.
-    """
+
+def _predict_rows(
+    model: MTMHModel,
+    state: dict[str, torch.Tensor],
+    features: ItemFeatures,
+    counts: np.ndarray,
+    prior: IdPrior,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(N, id_dim) every item's id row predicted from its side inputs, and fit statistics."""
     key = id_table_key()
-    if prior.shrink == 0:
-        return state, {"shrink": 0.0}
     if key not in state:
         raise ValueError(f"id prior: the state has no id table {key!r}")
     table = state[key].detach().double().numpy()  # (N, id_dim)
@@ -110,15 +150,7 @@ def apply_id_prior(
     reg = prior.ridge * np.eye(z.shape[1])
     reg[-1, -1] = 0.0  # the intercept is not penalised
     coef = np.linalg.solve(a.T @ a + reg, a.T @ y)  # (F + 1, id_dim)
-    pred = z @ coef
-    w = (counts / (counts + prior.shrink))[:, None]
-    new = w * table + (1.0 - w) * pred
     resid = ((a @ coef - y) ** 2).sum()
     r2 = 1.0 - resid / max(((y - y.mean(0)) ** 2).sum(), 1e-12)
-    stats = {
-        "shrink": prior.shrink,
-        "fit_items": int(fit.sum()),
-        "cold_items": int((counts == 0).sum()),
-        "fit_r2": float(r2),
-    }
-    return {**state, key: torch.from_numpy(new).to(state[key].dtype)}, stats
+    stats = {"fit_items": int(fit.sum()), "cold_items": int((counts == 0).sum()), "fit_r2": float(r2)}
+    return z @ coef, stats
