@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_objects", "barrier", "init_from_env", "shutdown"]
+__all__ = ["all_gather_objects", "barrier", "init_from_env", "local_device", "resolve_device", "shutdown"]
 
 
 def init_from_env() -> tuple[int, int]:
@@ -17,8 +17,38 @@ def init_from_env() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process: nccl needs it set before the group
+            torch.cuda.set_device(local_device())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return rank, world
+
+
+def local_device() -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` where CUDA is available (torchrun sets
+    LOCAL_RANK; 0 without it), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if local >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "start at most one process per GPU (torchrun --nproc_per_node)"
+        )
+    return torch.device("cuda", local)
+
+
+def resolve_device(name: str) -> torch.device:
+    """A config's ``device``: ``auto`` (:func:`local_device`), ``cpu``, ``cuda`` (this process's GPU)
+    or an explicit ``cuda:N``."""
+    if name == "auto":
+        return local_device()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={name!r} but CUDA is not available on this machine; use auto or cpu")
+        return local_device() if name == "cuda" else torch.device(name)
+    raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def barrier() -> None:

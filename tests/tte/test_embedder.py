@@ -159,3 +159,9 @@ def test_auto_runtime_takes_onnx_only_where_it_can_run(tmp_path: Path) -> None:
     for kwargs in ({"pooling": "meta"}, {"dtype": "bfloat16"}):  # what ONNX export refuses
         emb = build_embedder("minilm", runtime="auto", onnx_cache_dir=cache, **kwargs)
         assert not isinstance(emb, OnnxEmbedder)
+
+
+def test_an_input_without_tokens_is_a_clear_error(tiny_qwen_dir: Path) -> None:
+    e = build_embedder(str(tiny_qwen_dir), pooling="last")  # Qwen's tokenizer adds no BOS: "" is 0 tokens
+    with pytest.raises(ValueError, match=r"inputs \[1\] have no tokens \(empty text and no image\)"):
+        e.encode(["a stapler", ""])

@@ -141,7 +141,7 @@ def load_export(export_dir: str | Path) -> ExportedModel:
         from tte_recsys.tte.lora import add_lora
 
         spec = meta["content_spec"] or {}
-        emb = build_embedder(**spec.get("embedder", {}))
+        emb = build_embedder(**{**spec.get("embedder", {}), "device": "cpu"})  # the model is built on CPU
         if spec.get("lora") is not None:
             emb = add_lora(emb, **spec["lora"])
         content = TrainableContent(emb, items["text"].to_list())

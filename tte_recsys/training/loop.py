@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import atomic_path
+from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
 from tte_recsys.training.batches import PairBatches, batch_loader
@@ -141,7 +142,7 @@ def fit(
         resume: continue from the newest complete checkpoint in ``ckpt_dir`` (fresh start when none).
     """
     rank, world = process_group()
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or local_device()
     if "semantic" in model.cfg.heads and loss_cfg.lam == 0 and loss_cfg.alpha == 0:
         raise ValueError(
             "model.heads has 'semantic' but loss.lam = loss.alpha = 0: that head would never train"

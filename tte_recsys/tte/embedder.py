@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tte_recsys.artifacts import sha256_file
+from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, load_backbone, resolve_model_dir
 from tte_recsys.tte.pooling import MetaQueries, make_pooling
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
@@ -98,6 +99,11 @@ class Embedder(nn.Module):
                     "input_ids"
                 ]
                 out[k] = [*img.token_ids, *ids]
+        if empty := [k for k, x in enumerate(out) if not x]:
+            raise ValueError(
+                f"inputs {empty[:5]} have no tokens (empty text and no image); the embedder needs at "
+                "least one token per input"
+            )
         return out
 
     def _batch(
@@ -165,6 +171,7 @@ def build_embedder(
     compile: bool = False,
     runtime: str = "torch",
     onnx_cache_dir: str = "outputs/onnx_cache",
+    device: str = "auto",
 ) -> Embedder:
     """An :class:`Embedder` from a local model folder (``minilm`` = the packaged MiniLM).
 
@@ -177,8 +184,16 @@ def build_embedder(
     text-only; 1.5x sentence-transformers on MiniLM here, against 1.27x for ``torch``: bench/embed.py)
     or ``auto`` (``onnx`` for an fp32 text-only embedder without meta-queries on a machine without
     a GPU, else ``torch``). Training always uses the PyTorch modules (``OnnxEmbedder`` keeps them).
+    ``device``: ``auto`` (this process's GPU where CUDA is available, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; the ``onnx`` runtime runs on the CPU.
     """
-    backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype))
+    dev = resolve_device(device)
+    if runtime == "onnx" and dev.type != "cpu":
+        if device != "auto":
+            raise ValueError(f"embedder.runtime=onnx runs on the CPU; device={device!r} asks for {dev}")
+        dev = torch.device("cpu")
+    backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype, dev))
+    backbone = cast(PreTrainedModel, nn.Module.to(backbone, dev))
     vision = None
     if getattr(backbone.config, "vision_config", None) is not None:
         vision = VisionAdapter(resolve_model_dir(model_path), tok, backbone.config)
@@ -191,10 +206,10 @@ def build_embedder(
     if compile:
         backbone = cast(PreTrainedModel, torch.compile(backbone, dynamic=True, options={"freezing": True}))
     emb = Embedder(backbone, tok, pool, max_length=max_length, instruction=instruction, vision=vision)
-    if runtime == "auto":  # ONNX Runtime where it was measured faster: on a CPU-only machine
+    if runtime == "auto":  # ONNX Runtime where it was measured faster: on the CPU
         from tte_recsys.tte.onnx_runtime import onnx_unsupported
 
-        runtime = "onnx" if onnx_unsupported(emb) is None and not torch.cuda.is_available() else "torch"
+        runtime = "onnx" if dev.type == "cpu" and onnx_unsupported(emb) is None else "torch"
     if runtime == "onnx":
         from tte_recsys.tte.onnx_runtime import OnnxEmbedder
 
@@ -206,7 +221,7 @@ def build_embedder(
         return OnnxEmbedder(emb, onnx_cache_dir, key)
     if runtime != "torch":
         raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['auto', 'torch', 'onnx']")
-    return emb
+    return emb.to(dev)
 
 
 def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
@@ -218,6 +233,7 @@ def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
         instruction=str(e["instruction"]),
         dtype=str(e["dtype"]),
         runtime=str(e.get("runtime", "torch")),
+        device=str(e.get("device", "auto")),
     )
     model_id = (
         f"{Path(str(e['model_path'])).name}|{e['pooling']}|{e['max_length']}|{e['dtype']}|{e['instruction']}"

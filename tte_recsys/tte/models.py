@@ -27,11 +27,14 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def auto_dtype(name: str) -> torch.dtype:
-    """``auto``: bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), fp32 otherwise; or an explicit ``float32``/``bfloat16``."""
+def auto_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """``auto``: bf16 where the model runs on a GPU, or on a CPU with native bf16 (AMX or
+    AVX512-BF16), fp32 otherwise; or an explicit ``float32``/``bfloat16``. ``device`` is where the
+    model will run (None: where CUDA is available, a GPU)."""
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_fast_bf16() else torch.float32
+        on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+        return torch.bfloat16 if on_gpu or cpu_has_fast_bf16() else torch.float32
     if name not in choices:
         raise ValueError(f"dtype={name!r}: expected one of {['auto', *choices]}")
     return choices[name]

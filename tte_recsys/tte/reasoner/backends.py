@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
@@ -100,6 +101,8 @@ class HFReasoner:
         do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
         repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
         dtype: ``auto`` (bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32), ``float32`` or ``bfloat16``.
+        device: ``auto`` (this process's GPU, ``cuda:LOCAL_RANK``, where CUDA is available, else the
+            CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     def __init__(
@@ -115,12 +118,13 @@ class HFReasoner:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
+        device: str = "auto",
     ) -> None:
         d = resolve_model_dir(model_path) if gguf_file is None else Path(model_path)
         if gguf_file is not None and not (d / gguf_file).is_file():
             raise FileNotFoundError(f"GGUF file {d / gguf_file} not found")
         extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             d, local_files_only=True, trust_remote_code=trust_remote_code, **extra
         )
@@ -134,9 +138,13 @@ class HFReasoner:
         is_vl = getattr(config, "vision_config", None) is not None
         auto = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
         model = auto.from_pretrained(
-            d, local_files_only=True, dtype=auto_dtype(dtype), trust_remote_code=trust_remote_code, **extra
+            d,
+            local_files_only=True,
+            dtype=auto_dtype(dtype, dev),
+            trust_remote_code=trust_remote_code,
+            **extra,
         )
-        self.model = cast(PreTrainedModel, nn.Module.to(model, device)).eval()
+        self.model = cast(PreTrainedModel, nn.Module.to(model, dev)).eval()
         self.vision = VisionAdapter(d, self.tokenizer, config) if is_vl else None
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed

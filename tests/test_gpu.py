@@ -1,0 +1,112 @@
+"""GPU paths, against the CPU in fp32: the embedder and the HF reasoner on this process's GPU (fp32
+and bf16), and embed_items with the default ``device=auto``. Skipped without CUDA (CI has none);
+the README says where they ran."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from tte_recsys.tte.embedder import build_embedder
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+TEXTS = [
+    "Heat (1995) | Action|Crime|Thriller",
+    "Toy Story (1995) | Adventure|Animation|Children|Comedy|Fantasy",
+    "a stapler",
+    "Desk organiser with three drawers, black mesh, fits A4 paper and envelopes " * 4,
+    "Heat",
+]
+
+
+def _device_dtype(emb: torch.nn.Module) -> tuple[str, torch.dtype]:
+    p = next(emb.parameters())
+    return p.device.type, p.dtype
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "meta"])
+def test_embedder_on_the_gpu_matches_the_cpu(tiny_qwen_dir: Path, pooling: str) -> None:
+    kw = {"pooling": pooling, "meta_queries": 2}
+    cpu = build_embedder(str(tiny_qwen_dir), dtype="float32", device="cpu", **kw)
+    gpu = build_embedder(str(tiny_qwen_dir), dtype="float32", **kw)  # device=auto
+    bf16 = build_embedder(str(tiny_qwen_dir), dtype="auto", **kw)
+    assert _device_dtype(gpu) == ("cuda", torch.float32)
+    assert _device_dtype(bf16) == ("cuda", torch.bfloat16)  # auto picks bf16 on a GPU
+    if pooling == "meta":  # the learnable queries are drawn at random: give all three the same
+        q = cpu.pooling.queries.detach()  # type: ignore[union-attr]
+        gpu.pooling.queries.data.copy_(q)  # type: ignore[union-attr]
+        bf16.pooling.queries.data.copy_(q)  # type: ignore[union-attr]
+    ref = cpu.encode(TEXTS, batch_size=2)
+    np.testing.assert_allclose(gpu.encode(TEXTS, batch_size=2), ref, atol=1e-4)
+    low = bf16.encode(TEXTS, batch_size=2)
+    assert low.dtype == np.float32
+    cos = (low * ref).reshape(len(TEXTS), -1, ref.shape[-1]).sum(-1)
+    assert cos.min() > 0.98, cos
+
+
+def test_vision_language_embedder_on_the_gpu(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tte_recsys.tte.cards import render_card
+    from tte_recsys.tte.items import ItemInput
+    from tte_recsys.tte.tiny import build_tiny_qwen2_vl
+
+    vl = build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_vl"))
+    card = tmp_path / "card.png"
+    render_card(ItemInput("1", {"title": "Heat (1995)"}), card, chart={"4": 3, "5": 9})
+    texts, images = ["a movie", "text only"], [str(card), None]
+    cpu = build_embedder(str(vl), pooling="last", dtype="float32", device="cpu")
+    gpu = build_embedder(str(vl), pooling="last", dtype="float32")
+    assert _device_dtype(gpu)[0] == "cuda"
+    np.testing.assert_allclose(gpu.encode(texts, images=images), cpu.encode(texts, images=images), atol=1e-4)
+
+
+def test_hf_reasoner_generates_on_the_gpu(tiny_qwen_dir: Path) -> None:
+    from tte_recsys.tte.reasoner.backends import HFReasoner, TraceRequest
+
+    reqs = [TraceRequest(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(TEXTS[:4])]
+    cpu = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="float32", device="cpu")
+    gpu = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="float32")
+    bf16 = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="auto")
+    assert gpu.model.device.type == "cuda" and bf16.model.dtype == torch.bfloat16
+    # Greedy decoding, fp32 both sides: the same tokens unless two logits tie within rounding.
+    assert gpu.generate(reqs) == cpu.generate(reqs)
+    out = bf16.generate(reqs)
+    assert all(isinstance(t, str) and t for t in out), out
+
+
+def test_embed_items_runs_on_the_gpu(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    from pipelines import embed_items
+    from tte_recsys.serving.embed_job import load_vectors
+
+    def run(out: Path, *extra: str) -> np.ndarray:
+        embed_items.run(
+            compose_cfg(
+                "embed_items",
+                [
+                    "data=amazon_office",
+                    "debug=tiny",
+                    "data.max_items=150",
+                    f"embedder.model_path={tiny_qwen_dir}",
+                    "embedder.pooling=last",
+                    "embedder.dtype=float32",
+                    "shard_size=64",
+                    f"output_dir={out}",
+                    *extra,
+                ],
+            )
+        )
+        return load_vectors(out).vectors
+
+    np.testing.assert_allclose(run(tmp_path / "gpu"), run(tmp_path / "cpu", "embedder.device=cpu"), atol=1e-4)
