@@ -74,3 +74,17 @@ def test_choose_point_tolerance_rule() -> None:
     assert choose_point(pts, 50, 0.05)["share"] == 0.8
     assert choose_point(pts, 50, 0.0)["share"] == 1.0
     assert choose_point(pts, 50, 0.2)["share"] == 0.5
+
+
+def test_item_bias_moves_boosted_items_up_in_every_head() -> None:
+    v = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]] * 0.5 + np.float32(0.5) / 4  # 5 items, dim 4
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vecs = {"coeng": v, "semantic": v[:, ::-1].copy()}
+    plain = HeadVectorsRetriever(vecs, {"coeng": 1.0}, "p").retrieve(np.array([0]), 1)
+    assert plain.tolist() == [[4]]  # item 4 has item 0's vector
+    bias = np.array([0, 0, 0, 1.0, 0], dtype=np.float32)  # a large boost for item 3
+    for shares in ({"coeng": 1.0}, {"semantic": 1.0}, {"coeng": 0.5, "semantic": 0.5}):
+        got = HeadVectorsRetriever(vecs, shares, "b", item_bias=bias).retrieve(np.array([0]), 2)
+        assert got.tolist() == [[3, 4]]
+    with pytest.raises(ValueError, match=r"item_bias has shape \(3,\); expected \(5,\), one per item"):
+        HeadVectorsRetriever(vecs, {"coeng": 1.0}, "b", item_bias=np.zeros(3))

@@ -88,9 +88,17 @@ class HeadVectorsRetriever:
         shares: head -> share of the merged list (heads with share 0 are still searched, for
             filling when the others run out).
         name: the row name in reports.
+        item_bias: (N,) added to every candidate's score in every head (an analysis knob, e.g. a
+            boost for items without train interactions; the served FAISS bundle has none).
     """
 
-    def __init__(self, vectors: Mapping[str, np.ndarray], shares: Mapping[str, float], name: str) -> None:
+    def __init__(
+        self,
+        vectors: Mapping[str, np.ndarray],
+        shares: Mapping[str, float],
+        name: str,
+        item_bias: np.ndarray | None = None,
+    ) -> None:
         unknown = sorted(set(shares) - set(vectors))
         if unknown:
             raise ValueError(f"quota names heads {unknown} the model does not have ({sorted(vectors)})")
@@ -98,12 +106,19 @@ class HeadVectorsRetriever:
         self._v = {h: np.ascontiguousarray(vectors[h], dtype=np.float32) for h in self.heads}
         self._w = [float(shares[h]) for h in self.heads]
         self.name = name
+        n = len(next(iter(self._v.values()))) if self._v else 0
+        if item_bias is not None and np.shape(item_bias) != (n,):
+            raise ValueError(f"item_bias has shape {np.shape(item_bias)}; expected ({n},), one per item")
+        self._bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)[None, :]
 
     def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
         lists = []
         for h in self.heads:
             v = self._v[h]
-            lists.append(topk_excluding(v[triggers] @ v.T, triggers, k))  # (T, k)
+            scores = v[triggers] @ v.T  # (T, N)
+            if self._bias is not None:
+                scores += self._bias
+            lists.append(topk_excluding(scores, triggers, k))  # (T, k)
         if len(lists) == 1:
             return lists[0]
         return merge_by_quota(lists, self._w, k)[0]
