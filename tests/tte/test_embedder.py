@@ -165,3 +165,14 @@ def test_an_input_without_tokens_is_a_clear_error(tiny_qwen_dir: Path) -> None:
     e = build_embedder(str(tiny_qwen_dir), pooling="last")  # Qwen's tokenizer adds no BOS: "" is 0 tokens
     with pytest.raises(ValueError, match=r"inputs \[1\] have no tokens \(empty text and no image\)"):
         e.encode(["a stapler", ""])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_pad_like_the_tokenizer(tiny_qwen_dir: Path, side: str) -> None:
+    e = build_embedder(str(tiny_qwen_dir), pooling="last")
+    e.tokenizer.padding_side = side
+    ids = e._token_ids(["a stapler", "Desk organiser with three drawers, black mesh", "Heat"])
+    ref = e.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    got = e._batch(ids)
+    assert torch.equal(got["input_ids"], ref["input_ids"])
+    assert torch.equal(got["attention_mask"], ref["attention_mask"])

@@ -2,7 +2,7 @@
 order as :class:`Embedder`, with backbone + pooling + normalisation exported once to ONNX.
 
 Measured here on all-MiniLM-L6-v2 and the 9,742 MovieLens item texts (2 threads, bench/embed.py):
-1.53x sentence-transformers at cosine 0.999999, against 1.27x for the PyTorch path; the configured
+1.48x sentence-transformers at cosine 0.999999, against 1.24x for the PyTorch path; the configured
 runtime of the packaged MiniLM (``configs/embedder/minilm.yaml``). Text-only; mean / cls /
 last-token pooling; inference only (a model trained in the loop runs in PyTorch).
 """
