@@ -146,8 +146,9 @@ class TabularAdapter:
     Attributes:
         items_path, interactions_path: the two files (``.csv``, ``.tsv``, ``.parquet``).
         item_columns: canonical -> source column for ``item_id``, ``title`` and optionally ``text``,
-            ``image_path``.
-        attributes: attribute name -> ``{column, sep}`` (sep splits a text cell into several values).
+            ``image_path`` (a key mapped to None is absent).
+        attributes: attribute name -> ``{column, sep}`` (sep splits a text cell into several values);
+            None: no attributes.
         interaction_columns: canonical -> source column for ``user_id``, ``item_id``, ``timestamp``
             and optionally ``weight``.
         time_format: strftime-style format for text timestamps (None: integers or ISO-8601).
@@ -156,9 +157,11 @@ class TabularAdapter:
 
     items_path: str
     interactions_path: str
-    item_columns: Mapping[str, str] = field(default_factory=lambda: {"item_id": "item_id", "title": "title"})
-    attributes: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
-    interaction_columns: Mapping[str, str] = field(
+    item_columns: Mapping[str, str | None] = field(
+        default_factory=lambda: {"item_id": "item_id", "title": "title"}
+    )
+    attributes: Mapping[str, Mapping[str, str | None]] | None = None
+    interaction_columns: Mapping[str, str | None] = field(
         default_factory=lambda: {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
     )
     time_format: str | None = None
@@ -166,7 +169,9 @@ class TabularAdapter:
     name: str = "tabular"
 
     def load(self) -> Dataset:
-        ic, xc = dict(self.item_columns), dict(self.interaction_columns)
+        # A column mapped to None is absent (the config lists the optional ones as null).
+        ic = {k: v for k, v in self.item_columns.items() if v is not None}
+        xc = {k: v for k, v in self.interaction_columns.items() if v is not None}
         for role, have, need, opt in (
             ("item_columns", ic, {"item_id", "title"}, {"text", "image_path"}),
             ("interaction_columns", xc, {"user_id", "item_id", "timestamp"}, {"weight"}),
@@ -176,7 +181,7 @@ class TabularAdapter:
                     f"data.adapter.{role}: got keys {sorted(have)}; required {sorted(need)}, optional {sorted(opt)}"
                 )
         attrs = {}
-        for name, spec in self.attributes.items():
+        for name, spec in (self.attributes or {}).items():
             if "column" not in spec or set(spec) - {"column", "sep"}:
                 raise ValueError(
                     f"data.adapter.attributes.{name}: expected keys column (and optional sep), got {sorted(spec)}"
