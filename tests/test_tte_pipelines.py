@@ -118,3 +118,22 @@ def test_torchrun_two_processes_equal_one(tiny_qwen_dir: Path, tmp_path: Path) -
     a, b = load_vectors(tmp_path / "one"), load_vectors(tmp_path / "two")
     assert a.ids == b.ids
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+
+
+def test_items_without_any_text_are_named_before_embedding(tmp_path: Path) -> None:
+    from typing import Any, cast
+
+    from tte_recsys.serving.embed_job import JobSpec, embed_catalog
+    from tte_recsys.tte.items import ItemInput
+
+    items = [
+        ItemInput("a", {"title": "Stapler"}),
+        ItemInput("b", {"title": ""}),
+        ItemInput("c", {"title": " "}),
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"2 item\(s\) have no text and no image \(e.g. \['b', 'c'\]\): their content fields \['title'\]",
+    ):
+        embed_catalog(items, cast(Any, None), tmp_path / "v", JobSpec("x", 3, 2, "m", "none"))
+    assert not (tmp_path / "v").exists()  # nothing half-written
