@@ -92,6 +92,8 @@ def apply_id_priors(
     """
     key = id_table_key()
     predictions: dict[tuple[int, float], tuple[np.ndarray, dict[str, Any]]] = {}
+    n = np.asarray(counts, dtype=np.float64)
+    table: np.ndarray | None = None  # the trained rows in float64, converted once
     out = []
     for prior in priors:
         if prior.shrink == 0:
@@ -101,8 +103,8 @@ def apply_id_priors(
         if fit_key not in predictions:
             predictions[fit_key] = _predict_rows(model, state, features, counts, prior)
         pred, stats = predictions[fit_key]
-        table = state[key].detach().double().numpy()
-        n = np.asarray(counts, dtype=np.float64)
+        if table is None:  # after _predict_rows, which checks that the state has the table
+            table = state[key].detach().double().numpy()
         w = (n / (n + prior.shrink))[:, None]
         new = w * table + (1.0 - w) * pred
         out.append(

@@ -98,12 +98,12 @@ def embed_catalog(
     batch_size: int = 64,
 ) -> dict[str, int]:
     """Embed this rank's shards of ``items`` into ``out_dir/shards``; returns counts (written, skipped)."""
-    empty = [it.item_id for it in items if it.is_empty]
+    empty = [it for it in items if it.is_empty]
     if empty:
-        fields = sorted(next(it for it in items if it.is_empty).fields)
         raise ValueError(
-            f"{len(empty)} item(s) have no text and no image (e.g. {empty[:5]}): their content fields "
-            f"{fields} are all empty; fill them in the catalog, or add fields that have text "
+            f"{len(empty)} item(s) have no text and no image (e.g. {[it.item_id for it in empty[:5]]}): "
+            f"their content fields {sorted(empty[0].fields)} are all empty; fill them in the catalog, "
+            "or add fields that have text "
             "(data.content_fields)"
         )
     found = traces or {}
