@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from tests.test_tte_pipelines import _embed_overrides
 from tte_recsys.tte.embedder import build_embedder
 
 pytestmark = [
@@ -92,20 +93,7 @@ def test_embed_items_runs_on_the_gpu(
 
     def run(out: Path, *extra: str) -> np.ndarray:
         embed_items.run(
-            compose_cfg(
-                "embed_items",
-                [
-                    "data=amazon_office",
-                    "debug=tiny",
-                    "data.max_items=150",
-                    f"embedder.model_path={tiny_qwen_dir}",
-                    "embedder.pooling=last",
-                    "embedder.dtype=float32",
-                    "shard_size=64",
-                    f"output_dir={out}",
-                    *extra,
-                ],
-            )
+            compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, out, "embedder.dtype=float32", *extra))
         )
         return load_vectors(out).vectors
 
