@@ -27,6 +27,23 @@ def test_topk_excluding_masks_trigger_breaks_ties_by_index_and_pads() -> None:
     np.testing.assert_array_equal(got, [[2, 0, -1], [1, 2, 3]])
 
 
+def test_topk_excluding_equals_a_stable_sort_of_whole_rows() -> None:
+    # topk_excluding sorts only the candidates; the reference sorts every row. Integer scores and
+    # -inf cells make ties at the k-th place common, where the two could disagree.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        t, n, k = (int(x) for x in rng.integers(1, [12, 50, 70]))
+        scores = rng.integers(-3, 4, (t, n)).astype(np.float32)
+        scores[rng.random((t, n)) < 0.2] = -np.inf
+        triggers = rng.integers(0, n, t)
+        masked = scores.copy()
+        masked[np.arange(t), triggers] = -np.inf
+        order = np.argsort(-masked, axis=1, kind="stable")[:, :k]  # ties: lower column first
+        want = np.full((t, k), -1)
+        want[:, : order.shape[1]] = np.where(np.isneginf(np.take_along_axis(masked, order, 1)), -1, order)
+        np.testing.assert_array_equal(topk_excluding(scores, triggers, k), want)
+
+
 def _split():  # type: ignore[no-untyped-def]
     # Train (t <= 8): u: A B C; v: A B; w: B D; x: D. Later interactions only make the split valid.
     rows = [
