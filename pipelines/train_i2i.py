@@ -45,7 +45,7 @@ from tte_recsys.models.mtmh import (
 )
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
 from tte_recsys.serving.embed_job import load_vectors
-from tte_recsys.serving.merge import HeadVectorsRetriever, quota_shares
+from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
 from tte_recsys.training.batches import PairBatches
 from tte_recsys.training.export import encode_items, save_export
 from tte_recsys.training.loop import TrainerConfig, TrainResult, fit
@@ -251,12 +251,20 @@ def _sweep(
     labeler: RelevanceLabeler,
     n: int,
     eval_cfg: EvalConfig,
+    bias: np.ndarray | None,
 ) -> list[dict[str, Any]]:
-    pts = []
-    for s in shares if len(heads) > 1 else [1.0]:
-        r = HeadVectorsRetriever(vecs, quota_shares(heads, s), f"share={s}")
-        pts.append({"share": s, **evaluate_retriever(r, which, labeler, n, eval_cfg)})
-    return pts
+    """Metrics at every quota share; each head is searched once (the shares only merge)."""
+    grid = shares if len(heads) > 1 else [1.0]
+    base = HeadVectorsRetriever(vecs, quota_shares(heads, grid[0]), "sweep", item_bias=bias)
+    return [
+        {
+            "share": s,
+            **evaluate_retriever(
+                base.with_shares(quota_shares(heads, s), f"share={s}"), which, labeler, n, eval_cfg
+            ),
+        }
+        for s in grid
+    ]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -276,6 +284,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ]
     if not priors:
         raise ValueError("select.id_prior_shrinks is empty: give at least [0] (no id prior)")
+    pops = [float(x) for x in cfg.select.pop_priors]
+    if not pops or any(x < 0 for x in pops):
+        raise ValueError(f"select.pop_priors={pops}: expected a non-empty list of weights >= 0 (0: off)")
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
@@ -287,23 +298,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     heads = list(model_cfg.heads)
     shares = [float(s) for s in cfg.select.shares]
 
-    # MTMH for each lambda; lambda, id prior and quota chosen jointly on valid.
+    # MTMH for each lambda; lambda, id prior, popularity prior and quota chosen jointly on valid.
     candidates: list[dict[str, Any]] = []
     trained: dict[float, tuple[TrainResult, dict[float, Variant]]] = {}
     for lam in lams:
         lc = dataclasses.replace(loss_cfg, lam=lam)
         trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content, priors)
         for shrink, var in trained[lam][1].items():
-            for p in _sweep(var.vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg):
-                candidates.append({"lam": lam, "id_prior_shrink": shrink, **p})
+            for pop in pops:
+                bias = popularity_bias(split.item_counts, pop)
+                for p in _sweep(var.vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg, bias):
+                    candidates.append({"lam": lam, "id_prior_shrink": shrink, "pop_prior": pop, **p})
     choice = choose_point(candidates, k, float(cfg.select.recall_tolerance)) if rank == 0 else {}
-    lam, shrink, share = (
+    lam, shrink, pop, share = (
         float(x)
         for x in distributed.all_gather_objects(
-            [choice.get(key, 0.0) for key in ("lam", "id_prior_shrink", "share")]
+            [choice.get(key, 0.0) for key in ("lam", "id_prior_shrink", "pop_prior", "share")]
         )[0]
     )
     chosen_prior = dataclasses.replace(priors[0], shrink=shrink)
+    item_bias = popularity_bias(split.item_counts, pop)
 
     refs: dict[str, tuple[TrainResult, dict[float, Variant], ModelConfig]] = {}
     if cfg.compare.single_head:
@@ -335,17 +349,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             extra["content"] = partial(ContentCosine, content.table.numpy())
         mshares = quota_shares(heads, share)
         extra[f"mtmh (K1/K={share:g}, lambda={lam:g})"] = partial(
-            HeadVectorsRetriever, best_vecs, mshares, "mtmh"
+            HeadVectorsRetriever, best_vecs, mshares, "mtmh", item_bias
         )
         for h in heads:
-            extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, best_vecs, {h: 1.0}, h)
+            extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, best_vecs, {h: 1.0}, h, item_bias)
         for name, (_, v, rc) in refs.items():
             extra[name] = partial(
-                HeadVectorsRetriever, v[shrink].vecs, quota_shares(list(rc.heads), share), name
+                HeadVectorsRetriever, v[shrink].vecs, quota_shares(list(rc.heads), share), name, item_bias
             )
         methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
-        test_curve = _sweep(best_vecs, heads, shares, split.test, labeler, ds.num_items, eval_cfg)
-        valid_curve = [c for c in candidates if c["lam"] == lam and c["id_prior_shrink"] == shrink]
+        test_curve = _sweep(best_vecs, heads, shares, split.test, labeler, ds.num_items, eval_cfg, item_bias)
+        valid_curve = [
+            c for c in candidates if (c["lam"], c["id_prior_shrink"], c["pop_prior"]) == (lam, shrink, pop)
+        ]
         plot_tradeoff(
             out / "quota_tradeoff.png",
             valid_curve,
@@ -367,8 +383,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "lam": lam,
                 "share": share,
                 "id_prior": best.prior,
+                "pop_prior": pop,
                 "best_step": best_res.best_step,
             },
+            item_bias,
         )
         report = {
             "dataset": ds.name,
@@ -381,6 +399,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "lam": lam,
                     "share": share,
                     "id_prior": best.prior,
+                    "pop_prior": pop,
                     "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
                     "valid_points": candidates,
                 },

@@ -68,9 +68,10 @@ def test_tiny_run_reports_and_exports(
     ):
         assert name in methods, name
     assert sel["share"] in (1.0, 0.5, 0.0) and sel["lam"] == 1.0
-    assert {(p["id_prior_shrink"], p["share"]) for p in sel["valid_points"]} == {
-        (1.0, q) for q in (1.0, 0.5, 0.0)
-    }
+    assert sorted((p["id_prior_shrink"], p["pop_prior"], p["share"]) for p in sel["valid_points"]) == sorted(
+        (1.0, w, q) for w in (0.0, 0.05) for q in (1.0, 0.5, 0.0)
+    )
+    assert sel["pop_prior"] in (0.0, 0.05)
     assert sel["id_prior"]["shrink"] == 1.0 and sel["id_prior"]["cold_items"] > 0
     assert all(np.isfinite(report["training"]["mtmh_lam1"]["loss_curve"]))
     assert (out / "quota_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,7 +82,7 @@ def test_tiny_run_reports_and_exports(
     code = f"""
 import json, sys
 from tte_recsys.training.export import load_export
-from tte_recsys.serving.merge import HeadVectorsRetriever, quota_shares
+from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
 from tte_recsys.evaluation.protocol import evaluate_retriever
 from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
@@ -95,7 +96,9 @@ assert not dist.is_initialized()
 ds = load_dataset(cfg.data)
 p, s, l = data_configs(cfg.data)
 split = temporal_split(ds, p, s)
-r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x")
+want = popularity_bias(split.item_counts, {sel["pop_prior"]!r})
+assert (m.item_bias is None) == (want is None) and (want is None or (m.item_bias == want).all())
+r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x", item_bias=m.item_bias)
 print(json.dumps(evaluate_retriever(r, split.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, EvalConfig(**cfg.eval))))
 """
     res = subprocess.run(

@@ -84,6 +84,8 @@ def bundle(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     # numpy's matmul orders near-tied neighbours (one ulp apart) differently, while the test
     # below wants exact equality. Real data shows the same effect in 0.1% of slots (README).
     args += ["select.id_prior_shrinks=[0.0]"]
+    # A popularity prior, so that every test below goes through the biased index ([v, bias] rows).
+    args += ["select.pop_priors=[0.05]"]
     report = train_i2i.run(_compose("train_i2i", [*args, f"output_dir={root / 'run'}"]))
     export_faiss.run(_compose("export_faiss", [f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"]))
     return root / "run", root / "bundle", report
@@ -126,12 +128,16 @@ def test_results_carry_head_and_score_and_errors_are_per_query(bundle: tuple[Pat
     got = [h.item_id for h in ok.hits]
     assert first not in got and len(set(got)) == 10
     assert {h.head for h in ok.hits} == {"coeng", "semantic"}  # share 0.5: both heads contribute
-    for h in ok.hits:  # the score is that head's inner product
+    assert r.item_bias is not None and r.item_bias.max() > 0
+    for h in ok.hits:  # the score is that head's inner product plus the item's popularity prior
         i, j = r.item_ids.index(first), r.item_ids.index(h.item_id)
         v = r._vectors[h.head]
-        assert h.score == pytest.approx(float(v[i] @ v[j]), abs=1e-5)
+        assert h.score == pytest.approx(float(v[i] @ v[j] + r.item_bias[j]), abs=1e-5)
     by_vec = r.search_vectors({hd: r._vectors[hd][:1] for hd in r.heads}, 5)[0]
-    assert by_vec.hits[0].item_id == first  # by vector, the item itself is the best match
+    best = r._vectors["coeng"] @ r._vectors["coeng"][0] + r.item_bias  # slot 1 is the coeng head's
+    assert by_vec.hits[0].head == "coeng" and by_vec.hits[0].score == pytest.approx(
+        float(best.max()), abs=1e-5
+    )
 
 
 def _fix_sha(b: Path, rel: str) -> None:
@@ -170,7 +176,9 @@ def test_tampering_is_refused(bundle: tuple[Path, Path, dict], tmp_path: Path) -
         Retriever.load(b)
 
     b = fresh("model")  # same shape, another model's vectors (here: the items' vectors permuted)
-    v = Retriever.load(src)._vectors["coeng"]
+    r = Retriever.load(src)
+    assert r.item_bias is not None
+    v = np.concatenate([r._vectors["coeng"], r.item_bias[:, None]], axis=1)  # the index's [v, bias] rows
     foreign = faiss.IndexIDMap(faiss.IndexFlatIP(v.shape[1]))
     foreign.add_with_ids(np.ascontiguousarray(v[::-1]), np.arange(len(v), dtype=np.int64))
     faiss.write_index(foreign, str(b / "coeng.faiss"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tte_recsys.evaluation.quota import choose_point
-from tte_recsys.serving.merge import HeadVectorsRetriever, merge_by_quota, quota_shares
+from tte_recsys.serving.merge import HeadVectorsRetriever, merge_by_quota, popularity_bias, quota_shares
 
 COENG = np.array([[1, 2, 3, 4, 5, 6]])
 SEM = np.array([[2, 7, 8, 1, 9, 10]])
@@ -88,3 +88,33 @@ def test_item_bias_moves_boosted_items_up_in_every_head() -> None:
         assert got.tolist() == [[3, 4]]
     with pytest.raises(ValueError, match=r"item_bias has shape \(3,\); expected \(5,\), one per item"):
         HeadVectorsRetriever(vecs, {"coeng": 1.0}, "b", item_bias=np.zeros(3))
+
+
+def test_popularity_bias_is_weighted_log_counts() -> None:
+    got = popularity_bias(np.array([0, 1, 9]), 0.1)
+    assert got is not None
+    np.testing.assert_allclose(got, [0.0, 0.1 * np.log(2.0), 0.1 * np.log(10.0)], rtol=1e-6)
+    assert popularity_bias(np.array([3, 4]), 0.0) is None
+    with pytest.raises(ValueError, match=">= 0"):
+        popularity_bias(np.array([3]), -0.1)
+
+
+def test_with_shares_reuses_searches_and_equals_a_fresh_retriever() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(30, 6)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vecs = {"coeng": v, "semantic": v[:, ::-1].copy()}
+    bias = rng.random(30).astype(np.float32) * 0.1
+    trig = np.array([1, 4, 9])
+    base = HeadVectorsRetriever(vecs, quota_shares(list(vecs), 1.0), "b", item_bias=bias)
+    base.retrieve(trig, 10)
+    searched = dict(base._lists)
+    for s in (0.8, 0.5, 0.0):
+        swept = base.with_shares(quota_shares(list(vecs), s), f"s{s}").retrieve(trig, 10)
+        fresh = HeadVectorsRetriever(vecs, quota_shares(list(vecs), s), "f", item_bias=bias).retrieve(
+            trig, 10
+        )
+        np.testing.assert_array_equal(swept, fresh)
+    assert base._lists.keys() == searched.keys()  # the sweep searched nothing new
+    with pytest.raises(ValueError, match="does not have"):
+        base.with_shares({"other": 1.0}, "x")

@@ -3,8 +3,10 @@
 Layout of a bundle folder::
 
     vectors/part-*.parquet   item_idx, item_id, one Array(Float32, D) column per head (the batch
-                             embedding job's shards: streaming, resumable, data-parallel)
-    <head>.faiss             one index per head, ids = item codes (int64)
+                             embedding job's shards: streaming, resumable, data-parallel), and
+                             ``bias`` when the model carries a per-item score bias
+    <head>.faiss             one index per head, ids = item codes (int64); with a bias, over
+                             [v, bias] (D + 1 dims), searched with [q, 1]: score = q.v + bias
     ids.parquet              item_idx -> item_id (string ids kept exactly)
     items.parquet            item_id, title (what serving shows)
     manifest.json            schema version, the model export's manifest hash, config, heads, dims,
@@ -31,13 +33,14 @@ from tte_recsys.serving.embed_job import SHARDS, JobSpec, write_shards
 from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure, near_queries
 from tte_recsys.training.export import ExportedModel
 
-__all__ = ["KIND", "PROBES", "build_bundle", "read_head_chunks", "write_vectors"]
+__all__ = ["KIND", "PROBES", "build_bundle", "query_rows", "read_head_chunks", "write_vectors"]
 
 log = logging.getLogger(__name__)
 KIND = "faiss_bundle"
 PROBES = 8
 QUERY_RADIUS = 0.3  # ANN quality is measured with queries this far from their items (as bench/ann.py)
 VECTORS = "vectors"
+BIAS = "bias"
 
 
 def write_vectors(
@@ -57,6 +60,8 @@ def write_vectors(
         cols: dict[str, Any] = {"item_idx": codes, "item_id": model.item_ids[start:end]}
         for h, v in vecs.items():
             cols[h] = pl.Series(v, dtype=pl.Array(pl.Float32, v.shape[1]))
+        if model.item_bias is not None:
+            cols[BIAS] = model.item_bias[start:end].astype(np.float32)
         return pl.DataFrame(cols)
 
     return write_shards(
@@ -64,11 +69,22 @@ def write_vectors(
     )
 
 
-def read_head_chunks(bundle: Path, head: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) per shard of one head, in item-code order."""
+def read_head_chunks(
+    bundle: Path, head: str, biased: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) per shard of one head, in item-code order; ``biased``: [v, bias] rows."""
     for part in sorted((bundle / VECTORS / SHARDS).glob("part-*.parquet")):
-        df = pl.read_parquet(part, columns=["item_idx", head])
-        yield df["item_idx"].to_numpy().astype(np.int64), df[head].to_numpy().astype(np.float32)
+        df = pl.read_parquet(part, columns=["item_idx", head, *([BIAS] if biased else [])])
+        v = df[head].to_numpy().astype(np.float32)
+        if biased:
+            v = np.concatenate([v, df[BIAS].to_numpy().astype(np.float32)[:, None]], axis=1)
+        yield df["item_idx"].to_numpy().astype(np.int64), v
+
+
+def query_rows(vectors: np.ndarray, biased: bool) -> np.ndarray:
+    """(Q, D) unit query vectors as an index searches them: [q, 1] when the items carry a bias."""
+    q = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.concatenate([q, np.ones((len(q), 1), np.float32)], axis=1) if biased else q
 
 
 def build_bundle(
@@ -89,20 +105,22 @@ def build_bundle(
         out / "items.parquet", pl.DataFrame({"item_id": model.item_ids, "title": titles or [""] * n})
     )
     rng = np.random.default_rng(0)
+    biased = model.item_bias is not None
     heads: dict[str, Any] = {}
     for h in model.heads:
-        chunks = lambda h=h: read_head_chunks(out, h)  # noqa: E731 - a fresh iterator per pass
+        chunks = lambda h=h: read_head_chunks(out, h, biased)  # noqa: E731 - a fresh iterator per pass
         dim = next(chunks())[1].shape[1]
         index, params = build_index(chunks, n, dim, cfg)
         with atomic_path(out / f"{h}.faiss") as tmp:
             faiss.write_index(index, str(tmp))
         sample = np.sort(rng.choice(n, size=min(eval_queries, n), replace=False))
         base = np.concatenate([v[np.isin(i, sample)] for i, v in chunks()])
-        q = near_queries(base, QUERY_RADIUS, rng)
+        base = base[:, :-1] if biased else base  # the items' unit vectors
+        q = query_rows(near_queries(base, QUERY_RADIUS, rng), biased)
         k = min(recall_k, n)
         _, exact = exact_topk(q, chunks, k)
         quality = measure(index, q, exact, k)
-        probe_q = base[:PROBES]
+        probe_q = query_rows(base[:PROBES], biased)
         _, probe_ids = index.search(np.ascontiguousarray(probe_q), min(10, n))
         heads[h] = {
             "dim": int(dim),
@@ -130,6 +148,8 @@ def build_bundle(
             "heads": heads,
             "head_names": model.heads,
             "count": n,
+            "item_bias": biased,
+            "pop_prior": model.manifest.get("pop_prior", 0.0),
             "share": model.manifest.get("share", 1.0),
             **(extra or {}),
         },

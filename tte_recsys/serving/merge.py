@@ -11,13 +11,14 @@ leaves its slots to the others.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from tte_recsys.evaluation.retrieval import topk_excluding
 
-__all__ = ["HeadVectorsRetriever", "merge_by_quota", "quota_shares"]
+__all__ = ["HeadVectorsRetriever", "merge_by_quota", "popularity_bias", "quota_shares"]
 
 
 def quota_shares(heads: Sequence[str], first_share: float) -> dict[str, float]:
@@ -29,6 +30,20 @@ def quota_shares(heads: Sequence[str], first_share: float) -> dict[str, float]:
     if len(heads) != 2:
         raise ValueError(f"a K1/K share needs 1 or 2 heads, got {list(heads)}")
     return {heads[0]: first_share, heads[1]: 1.0 - first_share}
+
+
+def popularity_bias(train_counts: np.ndarray, weight: float) -> np.ndarray | None:
+    """The popularity prior: ``weight * log(1 + n)`` per item, ``n`` its train interactions.
+
+    Added to every candidate's score in every head. The model's scores are cosines of unit
+    vectors, which hold a catalog's popularity skew poorly; where that skew carries the
+    co-engagement signal, the selection on valid turns this on (README). None for weight 0.
+    """
+    if weight < 0:
+        raise ValueError(f"popularity prior weight {weight}: expected >= 0")
+    if weight == 0:
+        return None
+    return (weight * np.log1p(np.asarray(train_counts, dtype=np.float64))).astype(np.float32)
 
 
 def merge_by_quota(
@@ -88,8 +103,11 @@ class HeadVectorsRetriever:
         shares: head -> share of the merged list (heads with share 0 are still searched, for
             filling when the others run out).
         name: the row name in reports.
-        item_bias: (N,) added to every candidate's score in every head (an analysis knob, e.g. a
-            boost for items without train interactions; the served FAISS bundle has none).
+        item_bias: (N,) added to every candidate's score in every head (the popularity prior of
+            :func:`popularity_bias`, which the served bundle carries as an extra index dimension).
+
+    Each head's top-K for a batch of triggers is kept, so :meth:`with_shares` copies, which share
+    it, sweep the quota without searching again. The vectors must not change afterwards.
     """
 
     def __init__(
@@ -110,15 +128,31 @@ class HeadVectorsRetriever:
         if item_bias is not None and np.shape(item_bias) != (n,):
             raise ValueError(f"item_bias has shape {np.shape(item_bias)}; expected ({n},), one per item")
         self._bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)[None, :]
+        self._lists: dict[tuple[str, int, bytes], np.ndarray] = {}
 
-    def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
-        lists = []
-        for h in self.heads:
+    def with_shares(self, shares: Mapping[str, float], name: str) -> HeadVectorsRetriever:
+        """The same vectors and bias under other quota shares, reusing every search done so far."""
+        other = copy.copy(self)
+        unknown = sorted(set(shares) - set(self._v))
+        if unknown:
+            raise ValueError(f"quota names heads {unknown} this retriever does not have ({self.heads})")
+        other.heads = [h for h in self.heads if h in shares]
+        other._w = [float(shares[h]) for h in other.heads]
+        other.name = name
+        return other
+
+    def _head_topk(self, h: str, triggers: np.ndarray, k: int) -> np.ndarray:
+        key = (h, k, np.ascontiguousarray(triggers, dtype=np.int64).tobytes())
+        if key not in self._lists:
             v = self._v[h]
             scores = v[triggers] @ v.T  # (T, N)
             if self._bias is not None:
                 scores += self._bias
-            lists.append(topk_excluding(scores, triggers, k))  # (T, k)
+            self._lists[key] = topk_excluding(scores, triggers, k)  # (T, k)
+        return self._lists[key]
+
+    def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
+        lists = [self._head_topk(h, triggers, k) for h in self.heads]
         if len(lists) == 1:
             return lists[0]
         return merge_by_quota(lists, self._w, k)[0]

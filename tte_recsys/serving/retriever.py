@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from tte_recsys.artifacts import ManifestError, read_manifest
-from tte_recsys.serving.bundle import KIND, read_head_chunks
+from tte_recsys.serving.bundle import KIND, query_rows, read_head_chunks
 from tte_recsys.serving.faiss_index import IndexConfig, set_search_params
 from tte_recsys.serving.merge import merge_by_quota, quota_shares
 
@@ -61,9 +61,11 @@ class Retriever:
         item_ids: list[str],
         titles: list[str],
         shares: dict[str, float],
+        item_bias: np.ndarray | None = None,
     ) -> None:
         self.heads = list(indexes)
-        self._indexes, self._vectors = indexes, vectors
+        self._indexes, self._vectors = indexes, vectors  # vectors: (N, D) unit rows per head
+        self.item_bias = item_bias  # (N,) in every candidate's score (the index's last dim), or None
         self.item_ids, self.titles = item_ids, titles
         self._code = {item: i for i, item in enumerate(item_ids)}
         self.shares = shares
@@ -74,7 +76,9 @@ class Retriever:
         m = read_manifest(d, kind=KIND)
         names: list[str] = m["head_names"]
         cfg = IndexConfig(**m["index_config"])
+        biased = bool(m.get("item_bias", False))
         indexes, vectors = {}, {}
+        bias = None
         for h in names:
             meta = m["heads"][h]
             index = faiss.read_index(str(d / f"{h}.faiss"))
@@ -92,15 +96,16 @@ class Retriever:
                     f"another model than {m['model_export'][:12]}..."
                 )
             indexes[h] = index
-            vectors[h] = np.concatenate([v for _, v in read_head_chunks(d, h)])
-            if vectors[h].shape != (meta["count"], meta["dim"]):
+            rows = np.concatenate([v for _, v in read_head_chunks(d, h, biased)])
+            if rows.shape != (meta["count"], meta["dim"]):
                 raise ManifestError(
-                    f"{d}/vectors: head {h} has shape {vectors[h].shape}, expected {(meta['count'], meta['dim'])}"
+                    f"{d}/vectors: head {h} has shape {rows.shape}, expected {(meta['count'], meta['dim'])}"
                 )
+            vectors[h], bias = (rows[:, :-1], rows[:, -1]) if biased else (rows, None)
         ids = pl.read_parquet(d / "ids.parquet")["item_id"].to_list()
         titles = pl.read_parquet(d / "items.parquet")["title"].to_list()
         chosen = float(m.get("share", 1.0)) if share is None else share
-        return cls(indexes, vectors, ids, titles, quota_shares(names, chosen))
+        return cls(indexes, vectors, ids, titles, quota_shares(names, chosen), bias)
 
     def codes(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
         """Item ids -> codes (-1 where unknown) and a per-id error message (None when known)."""
@@ -118,7 +123,8 @@ class Retriever:
         fetch = k + (1 if exclude is not None else 0)
         lists, scores = [], []
         for h in self.heads:
-            s, i = self._indexes[h].search(np.ascontiguousarray(queries[h], dtype=np.float32), fetch)
+            q = query_rows(queries[h], self.item_bias is not None)
+            s, i = self._indexes[h].search(q, fetch)
             if exclude is not None:
                 i = np.where(i == exclude[:, None], -1, i)  # the trigger never comes back
             lists.append(i)

@@ -2,7 +2,8 @@
 
 A folder with ``model.safetensors`` (every weight, tables gathered whole; a frozen content
 table as ``content.table``), ``features.safetensors`` (each item's categorical feature codes),
-``items.parquet`` (item id per code, and the item text for a trainable content tower),
+``items.parquet`` (item id per code, and the item text for a trainable content tower), the
+popularity prior's per-item score bias when one was chosen (``item_bias`` in features.safetensors),
 ``model.json`` (shapes, heads, vocabularies, how to rebuild the content tower) and a manifest.
 :func:`load_export` verifies the manifest and rebuilds a plain ``MTMHModel`` (an unsharded
 EBC: no process group, no TorchRec sharding) in one process.
@@ -56,6 +57,7 @@ def save_export(
     content: ContentTower | None,
     content_spec: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    item_bias: np.ndarray | None = None,
 ) -> None:
     """Write the export folder (manifest last).
 
@@ -64,6 +66,7 @@ def save_export(
         content_spec: for a trainable tower, the ``build_embedder`` and ``add_lora`` arguments that
             rebuild it (its weights are in ``state``).
         extra: more manifest fields (training summary, metrics).
+        item_bias: (N,) added to every candidate's score at serving (the popularity prior), or None.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,10 @@ def save_export(
     feats |= {f"values/{f}": torch.from_numpy(features.values[f]) for f in features.vocab}
     if features.no_id is not None:
         feats["no_id"] = torch.from_numpy(features.no_id.astype(np.uint8))
+    if item_bias is not None:
+        if np.shape(item_bias) != (features.num_items,):
+            raise ValueError(f"item_bias has shape {np.shape(item_bias)}; expected ({features.num_items},)")
+        feats["item_bias"] = torch.from_numpy(np.asarray(item_bias, dtype=np.float32))
     with atomic_path(out / "features.safetensors") as tmp:
         save_file(feats, str(tmp))
     items = pl.DataFrame({"item_id": list(item_ids)}).with_row_index("item_idx")
@@ -97,7 +104,8 @@ def save_export(
 
 @dataclass
 class ExportedModel:
-    """A loaded export: the plain model (eval mode), its item features and ids.
+    """A loaded export: the plain model (eval mode), its item features and ids, and the per-item
+    score bias serving adds (None: plain inner products).
 
     ``fingerprint`` is the sha256 of the export's manifest (which lists every file's sha256):
     what a serving bundle records to name the model it was built from."""
@@ -107,6 +115,7 @@ class ExportedModel:
     item_ids: list[str]
     manifest: dict[str, Any]
     fingerprint: str
+    item_bias: np.ndarray | None = None
 
     @property
     def heads(self) -> list[str]:
@@ -152,8 +161,9 @@ def load_export(export_dir: str | Path) -> ExportedModel:
             f"{d}/model.safetensors does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.eval()
+    bias = feats["item_bias"].numpy() if "item_bias" in feats else None
     return ExportedModel(
-        model, features, items["item_id"].to_list(), manifest, sha256_file(d / "manifest.json")
+        model, features, items["item_id"].to_list(), manifest, sha256_file(d / "manifest.json"), bias
     )
 
 
