@@ -7,6 +7,8 @@ import pytest
 
 from tte_recsys.evaluation.quota import choose_point
 from tte_recsys.serving.merge import HeadVectorsRetriever, merge_by_quota, popularity_bias, quota_shares
+from tte_recsys.serving.merge import _merge_full_lists as merge_full_lists
+from tte_recsys.serving.merge import _merge_rows as merge_rows
 
 COENG = np.array([[1, 2, 3, 4, 5, 6]])
 SEM = np.array([[2, 7, 8, 1, 9, 10]])
@@ -118,3 +120,29 @@ def test_with_shares_reuses_searches_and_equals_a_fresh_retriever() -> None:
     assert base._lists.keys() == searched.keys()  # the sweep searched nothing new
     with pytest.raises(ValueError, match="does not have"):
         base.with_shares({"other": 1.0}, "x")
+
+
+def test_vectorised_merge_equals_the_row_by_row_rule() -> None:
+    # merge_by_quota takes a vectorised path when every head offers k distinct candidates per row
+    # (after -1s); it must give exactly the row-by-row rule's codes, heads and positions.
+    rng = np.random.default_rng(0)
+    fast = 0
+    for _ in range(1500):
+        n_heads, n_rows, k = (int(x) for x in rng.integers(1, [4, 8, 12]))
+        n = int(rng.integers(k + 2, 3 * k + 5))
+        lists = []
+        for _h in range(n_heads):
+            width = int(rng.integers(k, k + 3)) if rng.random() < 0.8 else int(rng.integers(1, k + 3))
+            lst = np.stack([rng.permutation(n)[:width] for _ in range(n_rows)])
+            if rng.random() < 0.3:
+                lst[rng.random(lst.shape) < 0.15] = -1  # padding, or a masked trigger
+            if rng.random() < 0.05 and width > 1:
+                lst[:, 1] = lst[:, 0]  # a head repeating an item
+            lists.append(lst)
+        w = rng.random(n_heads) * (rng.random(n_heads) > 0.3)
+        w[0] += w.sum() == 0
+        rule = merge_rows(lists, w / w.sum(), k)
+        fast += merge_full_lists(lists, w / w.sum(), k) is not None
+        for got, want in zip(merge_by_quota(lists, list(w), k), rule, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert 300 < fast < 1500  # both paths were exercised

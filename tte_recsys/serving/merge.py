@@ -66,6 +66,20 @@ def merge_by_quota(
     if (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"quota shares {list(shares)}: expected non-negative with a positive sum")
     w = w / w.sum()
+    fast = _merge_full_lists(lists, w, k)
+    return fast if fast is not None else _merge_rows(lists, w, k)
+
+
+def _head_order(w: np.ndarray, taken: Sequence[int], p: int) -> list[int]:
+    """Heads by priority at slot ``p``: weighted heads by deficit (ties to the earlier head), then
+    zero-share heads (they only fill when the others run out)."""
+    return sorted(range(len(w)), key=lambda j: (w[j] == 0, taken[j] - w[j] * p, j))
+
+
+def _merge_rows(
+    lists: Sequence[np.ndarray], w: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rule, row by row: any lists (padding, short lists, heads that run out)."""
     n_rows, n_heads = lists[0].shape[0], len(lists)
     codes = np.full((n_rows, k), -1, dtype=np.int64)
     source = np.full((n_rows, k), -1, dtype=np.int64)
@@ -75,10 +89,8 @@ def merge_by_quota(
         cands = [rows[h][r] for h in range(n_heads)]
         ptr, taken, seen = [0] * n_heads, [0] * n_heads, set()
         for p in range(1, k + 1):
-            # Weighted heads by deficit (ties to the earlier head), then zero-share heads as fill.
-            order = sorted(range(n_heads), key=lambda j: (w[j] == 0, taken[j] - w[j] * p, j))
             chosen = -1
-            for h in order:
+            for h in _head_order(w, taken, p):
                 c = cands[h]
                 while ptr[h] < len(c) and (c[ptr[h]] < 0 or c[ptr[h]] in seen):
                     ptr[h] += 1
@@ -92,6 +104,72 @@ def merge_by_quota(
             seen.add(item)
             taken[chosen] += 1
             ptr[chosen] += 1
+    return codes, source, position
+
+
+def _merge_full_lists(
+    lists: Sequence[np.ndarray], w: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The same rule vectorised over rows, for the common case: every head offers at least k
+    distinct candidates per row (after dropping ``-1``). None when that does not hold.
+
+    Then no head runs out (a head with n_h slots skips at most the k - n_h items the others
+    took), so which head fills slot p is the same for every row, and an item is a duplicate
+    exactly when another head's pointer has passed it: a table of where each item sits in the
+    other heads' lists decides every skip without a set per row.
+    """
+    n_rows, n_heads = lists[0].shape[0], len(lists)
+    compact, where = [], []  # per head: (T, k) candidates without -1, and their original columns
+    for lst in lists:
+        order = np.argsort(lst < 0, axis=1, kind="stable")[:, :k]  # valid entries first, in order
+        c = np.take_along_axis(lst, order, axis=1)
+        if c.shape[1] < k or (c < 0).any():
+            return None
+        compact.append(c.astype(np.int64))
+        where.append(order)
+    pattern, taken = [], [0] * n_heads
+    for p in range(1, k + 1):
+        h = _head_order(w, taken, p)[0]
+        pattern.append(h)
+        taken[h] += 1
+    for c in compact:
+        srt = np.sort(c, axis=1)
+        if (srt[:, 1:] == srt[:, :-1]).any():  # a head repeats an item in one row
+            return None
+    # pos[h, g]: (T, k) the column of head h's candidate in head g's list (k: absent). One sort of
+    # the two lists side by side per row: equal neighbours are the shared items, h's copy first.
+    pos: dict[tuple[int, int], np.ndarray] = {}
+    rows = np.arange(n_rows)
+    for h in range(n_heads):
+        for g in range(n_heads):
+            if g == h:
+                continue
+            both = np.concatenate([compact[h], compact[g]], axis=1)  # (T, 2k)
+            order = np.argsort(both, axis=1, kind="stable")
+            same = np.take_along_axis(both, order, axis=1)
+            r, i = np.nonzero(same[:, 1:] == same[:, :-1])
+            table = np.full((n_rows, k), k, dtype=np.int64)
+            table[r, order[r, i]] = order[r, i + 1] - k
+            pos[h, g] = table
+    ptr = np.zeros((n_heads, n_rows), dtype=np.int64)
+    codes = np.empty((n_rows, k), dtype=np.int64)
+    source = np.empty((n_rows, k), dtype=np.int64)
+    position = np.empty((n_rows, k), dtype=np.int64)
+    for p, h in enumerate(pattern):
+        while True:  # skip, row by row, the candidates another head has already taken
+            if (ptr[h] >= k).any():  # cannot happen (see above); the row-by-row rule if it does
+                return None
+            dup = np.zeros(n_rows, dtype=bool)
+            for g in range(n_heads):
+                if g != h:
+                    dup |= pos[h, g][rows, ptr[h]] < ptr[g]
+            if not dup.any():
+                break
+            ptr[h] += dup
+        codes[:, p] = compact[h][rows, ptr[h]]
+        source[:, p] = h
+        position[:, p] = where[h][rows, ptr[h]]
+        ptr[h] += 1
     return codes, source, position
 
 
