@@ -86,6 +86,7 @@ def test_unknown_key_is_named() -> None:
         ),
         (LabelConfig, {"fields": {"genres": 0.0}}, r"labels.fields.genres=0.0: weights must be > 0"),
         (EvalConfig, {"ks": [10], "select_k": 50}, r"eval.select_k=50 must be one of eval.ks=\[10\]"),
+        (EvalConfig, {"ease_max_items": 0}, r"eval.ease_max_items=0: expected a positive count or null"),
     ],
 )
 def test_invalid_values(cls: type, raw: dict[str, object], msg: str) -> None:

@@ -98,12 +98,15 @@ class EvalConfig:
         ks: cut-offs for every metric.
         select_k: the recall@K used to choose hyperparameters on the valid split.
         ease_lambdas: L2 regularisation grid for EASE, chosen on valid.
+        ease_max_items: EASE on at most this many of the most engaged train items (its dense
+            inverse needs 8 N^2 bytes); None: all.
         batch_size: triggers scored per batch (bounds memory: batch x catalog floats).
     """
 
     ks: tuple[int, ...] = (10, 50, 100)
     select_k: int = 50
     ease_lambdas: tuple[float, ...] = (20.0, 100.0, 500.0, 2000.0, 10000.0)
+    ease_max_items: int | None = 20_000
     batch_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -113,6 +116,8 @@ class EvalConfig:
             raise ValueError(f"eval.select_k={self.select_k} must be one of eval.ks={list(self.ks)}")
         if not self.ease_lambdas or any(lam <= 0 for lam in self.ease_lambdas):
             raise ValueError(f"eval.ease_lambdas={list(self.ease_lambdas)}: expected positive values")
+        if self.ease_max_items is not None and self.ease_max_items < 1:
+            raise ValueError(f"eval.ease_max_items={self.ease_max_items}: expected a positive count or null")
 
 
 def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where: str) -> T:

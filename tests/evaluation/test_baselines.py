@@ -83,3 +83,15 @@ def test_ease_retriever_ranks_by_weight_row() -> None:
     assert got.shape == (2, 3)
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_ease_max_items_keeps_the_most_engaged_train_items() -> None:
+    ds, s = _split()
+    code = {c: i for i, c in enumerate(ds.items["item_id"].to_list())}
+    a, b, c, d = (code[x] for x in "ABCD")
+    assert sorted(EASE(s, ds.num_users, lam=1.0).active.tolist()) == sorted([a, b, c, d])
+    capped = EASE(s, ds.num_users, lam=1.0, max_items=2)  # counts A2 B3 C1 D2: B, then A (lower code)
+    assert sorted(capped.active.tolist()) == sorted([b, min(a, d)])
+    got = capped.retrieve(np.array([b, c]), 3)
+    assert got[0].tolist() == [min(a, d), -1, -1]  # only the kept items are scored
+    assert got[1].tolist() == [-1, -1, -1]  # C is outside the kept items: no weights

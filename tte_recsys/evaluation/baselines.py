@@ -16,6 +16,8 @@ their lists are always K long and ties never depend on item order.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -23,6 +25,8 @@ import torch
 
 from tte_recsys.data.split import TemporalSplit
 from tte_recsys.evaluation.retrieval import topk_excluding
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EASE",
@@ -119,18 +123,32 @@ def ease_weights(x: np.ndarray | sp.csr_matrix, lam: float) -> np.ndarray:
 
 
 class EASE:
-    """EASE on the train period, restricted to items with train interactions (others score -inf)."""
+    """EASE on the train period, restricted to items with train interactions (others score -inf).
+
+    EASE inverts a dense (A, A) matrix: 8 A^2 bytes in float64, several times over (20k items:
+    3.2 GB each). ``max_items`` bounds A to the most engaged train items (ties: lower code), the
+    usual way to run EASE on a large catalog; the rest score -inf like items never engaged.
+    """
 
     name = "ease"
 
-    def __init__(self, split: TemporalSplit, num_users: int, lam: float) -> None:
+    def __init__(
+        self, split: TemporalSplit, num_users: int, lam: float, max_items: int | None = None
+    ) -> None:
         n = len(split.item_counts)
         self.lam = lam
-        self._active = np.flatnonzero(split.item_counts > 0)  # (A,)
-        x = user_item_matrix(split.train, num_users, n)[:, self._active]
+        active = np.flatnonzero(split.item_counts > 0)
+        if max_items is not None and len(active) > max_items:
+            keep = np.argsort(-split.item_counts[active], kind="stable")[:max_items]
+            log.info(
+                "EASE on the %d most engaged of %d train items (eval.ease_max_items)", max_items, len(active)
+            )
+            active = np.sort(active[keep])
+        self.active = active  # (A,) item codes EASE scores
+        x = user_item_matrix(split.train, num_users, n)[:, self.active]
         self._b = torch.from_numpy(ease_weights(x, lam).astype(np.float32))  # (A, A)
         self._pos = np.full(n, -1, dtype=np.int64)
-        self._pos[self._active] = np.arange(len(self._active))
+        self._pos[self.active] = np.arange(len(self.active))
         self._n = n
 
     def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
@@ -138,7 +156,7 @@ class EASE:
         known = self._pos[triggers] >= 0
         rows = self._b[torch.as_tensor(self._pos[triggers][known])]  # (T_known, A)
         sub = torch.full((len(rows), self._n), -torch.inf)
-        sub[:, torch.as_tensor(self._active)] = rows
+        sub[:, torch.as_tensor(self.active)] = rows
         scores[torch.as_tensor(known)] = sub
         return topk_excluding(scores, triggers, k)
 

@@ -84,7 +84,7 @@ def evaluate_baselines(
     grid: dict[str, float] = {}
     best: tuple[float, EASE] | None = None
     for lam in tqdm(cfg.ease_lambdas, desc="EASE lambda on valid", leave=False):
-        model = EASE(split, num_users, lam)
+        model = EASE(split, num_users, lam, cfg.ease_max_items)
         v = score(model, split.valid)[key]
         grid[str(lam)] = v
         log.info("EASE lambda=%s valid %s=%.4f", lam, key, v)
@@ -102,5 +102,7 @@ def evaluate_baselines(
     results = {
         name: score(make(), split.test) for name, make in tqdm(makers.items(), desc="baselines on test")
     }
-    selection: dict[str, object] = {"ease": {"valid_" + key: grid, "lambda": best[1].lam}}
+    selection: dict[str, object] = {
+        "ease": {"valid_" + key: grid, "lambda": best[1].lam, "items": len(best[1].active)}
+    }
     return results, selection
