@@ -368,7 +368,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             test_curve,
             k,
             share,
-            title=f"{ds.name}: MTMH quota sweep (lambda={lam:g})",
+            title=f"{ds.name}: MTMH quota sweep (lambda={lam:g}, id prior {shrink:g}, pop prior {pop:g})",
         )
         save_export(
             out / "export",

@@ -28,12 +28,17 @@ def test_topk_excluding_masks_trigger_breaks_ties_by_index_and_pads() -> None:
 
 
 def test_topk_excluding_equals_a_stable_sort_of_whole_rows() -> None:
-    # topk_excluding sorts only the candidates; the reference sorts every row. Integer scores and
+    # topk_excluding sorts only candidates; the reference sorts every row. Integer scores and
     # -inf cells make ties at the k-th place common, where the two could disagree.
+    # Wide rows with few distinct values also take the path that fetches k + 17 columns and must
+    # notice a tie at its edge; continuous scores take it without ties.
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        t, n, k = (int(x) for x in rng.integers(1, [12, 50, 70]))
-        scores = rng.integers(-3, 4, (t, n)).astype(np.float32)
+    for i in range(600):
+        t, n, k = (int(x) for x in rng.integers(1, [12, 50, 70] if i % 3 == 0 else [12, 300, 40]))
+        if i % 3 == 2:
+            scores = rng.normal(size=(t, n)).astype(np.float32)
+        else:
+            scores = rng.integers(-3, 4 if i % 3 == 0 else 8, (t, n)).astype(np.float32)
         scores[rng.random((t, n)) < 0.2] = -np.inf
         triggers = rng.integers(0, n, t)
         masked = scores.copy()

@@ -11,12 +11,12 @@ __all__ = ["cold_share_at_k", "coverage_at_k", "hits", "recall_at_k"]
 
 def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
     """(T, K) retrieved codes -> (P,) bool: is each positive of each trigger retrieved in the top-K?"""
-    n_items = int(max(topk.max(initial=0), evalset.targets.max(initial=0))) + 1
     owner = np.repeat(np.arange(evalset.num_triggers), np.diff(evalset.indptr))  # (P,)
-    pos_keys = owner * n_items + evalset.targets  # (P,)
-    valid = topk >= 0
-    ret_keys = (np.arange(topk.shape[0])[:, None] * n_items + topk)[valid]  # (hits,)
-    return np.isin(pos_keys, ret_keys)
+    found = np.zeros(len(owner), dtype=bool)
+    for s in range(0, len(owner), 65_536):  # (chunk, K) comparisons at a time
+        o, t = owner[s : s + 65_536], evalset.targets[s : s + 65_536]
+        found[s : s + 65_536] = (topk[o] == t[:, None]).any(axis=1)  # -1 padding never matches
+    return found
 
 
 def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> float:
@@ -40,7 +40,7 @@ def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> 
 
 def coverage_at_k(topk: np.ndarray, num_items: int) -> float:
     """Fraction of the catalog that appears in at least one top-K list."""
-    return float(len(np.unique(topk[topk >= 0])) / num_items)
+    return float(np.count_nonzero(np.bincount(topk[topk >= 0], minlength=num_items)) / num_items)
 
 
 def cold_share_at_k(topk: np.ndarray, cold_items: np.ndarray) -> float:
