@@ -209,6 +209,8 @@ def test_think_then_embed_with_a_reasoner(
         ("select.lams=[1.0,-0.5]", "lambda must be >= 0"),
         ("select.id_prior_shrinks=[0,-1]", "id_prior.shrink=-1.0: expected >= 0"),
         ("id_prior.ridge=0", "id_prior.ridge=0: expected > 0"),
+        ("select.pop_priors=[0,-0.1]", r"select.pop_priors=\[0.0, -0.1\]: expected a non-empty list"),
+        ("eval.ease_max_items=0", "eval.ease_max_items=0: expected a positive count"),
         ("model.content_dim=7", "model.content_dim=7 but the content vectors"),
         ("+trainer.batch_sise=8", "unknown key\\(s\\) \\['batch_sise'\\]"),
         ("model.heads=[semantic]", "'semantic' but loss.lam = loss.alpha = 0"),
