@@ -35,6 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
+    split.require_usable(ds.name)
     log.info("split: %s", split.stats())
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
     extra: dict[str, Callable[[], RetrieverProtocol]] = {}

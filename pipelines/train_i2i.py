@@ -289,6 +289,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"select.pop_priors={pops}: expected a non-empty list of weights >= 0 (0: off)")
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
+    split.require_usable(ds.name)
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)

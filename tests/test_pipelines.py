@@ -88,3 +88,29 @@ def test_cli_bad_input_exits_nonzero_without_report(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "log.csv, column item_id: 1 interaction(s) name items not in the catalog" in r.stderr
     assert not (out / "report.json").exists() and not (out / "manifest.json").exists()
+
+
+def test_a_log_too_sparse_to_split_is_a_clear_error(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # Well-formed files, but no user engages two items close in time after the train period:
+    # nothing to choose hyperparameters on or to score.
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title,cat\n" + "".join(f"{i},item {i},c{i % 3}\n" for i in range(20)))
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\n" + "".join(f"u{t},{t % 20},{t}\n" for t in range(100)))
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            "data=tabular",
+            f"data.adapter.items_path={items}",
+            f"data.adapter.interactions_path={log}",
+            "data.labels.fields={cat: 1.0}",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+    )
+    with pytest.raises(
+        ValueError, match=r"dataset 'tabular': no train pairs, no valid triggers, no test triggers"
+    ):
+        evaluate.run(cfg)
+    assert not (tmp_path / "out" / "report.json").exists()

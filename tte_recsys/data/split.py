@@ -84,6 +84,25 @@ class TemporalSplit:
     valid: EvalSet
     test: EvalSet
 
+    def require_usable(self, dataset: str) -> None:
+        """Raise, naming what is missing, when a model could not be trained, chosen or scored."""
+        empty = [
+            what
+            for what, n in (
+                ("train pairs", self.train_pairs.height),
+                ("valid triggers", self.valid.num_triggers),
+                ("test triggers", self.test.num_triggers),
+            )
+            if n == 0
+        ]
+        if empty:
+            raise ValueError(
+                f"dataset {dataset!r}: no {', no '.join(empty)} (split {self.stats()}). A trigger needs "
+                "train interactions and a co-engaged target first seen in its period: the log may be "
+                "too short or too sparse; widen data.pairs.window (or max_seconds), or move "
+                "data.split.valid_quantile / test_quantile"
+            )
+
     def stats(self) -> dict[str, object]:
         return {
             "cutoffs": list(self.cutoffs),
