@@ -13,9 +13,10 @@ def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
     """(T, K) retrieved codes -> (P,) bool: is each positive of each trigger retrieved in the top-K?"""
     owner = np.repeat(np.arange(evalset.num_triggers), np.diff(evalset.indptr))  # (P,)
     found = np.zeros(len(owner), dtype=bool)
-    for s in range(0, len(owner), 65_536):  # (chunk, K) comparisons at a time
-        o, t = owner[s : s + 65_536], evalset.targets[s : s + 65_536]
-        found[s : s + 65_536] = (topk[o] == t[:, None]).any(axis=1)  # -1 padding never matches
+    step = 65_536  # (step, K) comparisons at a time
+    for s in range(0, len(owner), step):
+        o, t = owner[s : s + step], evalset.targets[s : s + step]
+        found[s : s + step] = (topk[o] == t[:, None]).any(axis=1)  # -1 padding never matches
     return found
 
 

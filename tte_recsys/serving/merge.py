@@ -173,6 +173,15 @@ def _merge_full_lists(
     return codes, source, position
 
 
+def _heads_and_weights(available: list[str], shares: Mapping[str, float]) -> tuple[list[str], list[float]]:
+    """The heads a quota names, in ``available``'s order, and their shares; unknown names raise."""
+    unknown = sorted(set(shares) - set(available))
+    if unknown:
+        raise ValueError(f"quota names heads {unknown} the model does not have ({sorted(available)})")
+    heads = [h for h in available if h in shares]
+    return heads, [float(shares[h]) for h in heads]
+
+
 class HeadVectorsRetriever:
     """Exact per-head inner-product retrieval over in-memory unit vectors, merged by quota.
 
@@ -195,12 +204,8 @@ class HeadVectorsRetriever:
         name: str,
         item_bias: np.ndarray | None = None,
     ) -> None:
-        unknown = sorted(set(shares) - set(vectors))
-        if unknown:
-            raise ValueError(f"quota names heads {unknown} the model does not have ({sorted(vectors)})")
-        self.heads = [h for h in vectors if h in shares]
+        self.heads, self._w = _heads_and_weights(list(vectors), shares)
         self._v = {h: np.ascontiguousarray(vectors[h], dtype=np.float32) for h in self.heads}
-        self._w = [float(shares[h]) for h in self.heads]
         self.name = name
         n = len(next(iter(self._v.values()))) if self._v else 0
         if item_bias is not None and np.shape(item_bias) != (n,):
@@ -211,11 +216,7 @@ class HeadVectorsRetriever:
     def with_shares(self, shares: Mapping[str, float], name: str) -> HeadVectorsRetriever:
         """The same vectors and bias under other quota shares, reusing every search done so far."""
         other = copy.copy(self)
-        unknown = sorted(set(shares) - set(self._v))
-        if unknown:
-            raise ValueError(f"quota names heads {unknown} this retriever does not have ({self.heads})")
-        other.heads = [h for h in self.heads if h in shares]
-        other._w = [float(shares[h]) for h in other.heads]
+        other.heads, other._w = _heads_and_weights(self.heads, shares)
         other.name = name
         return other
 
