@@ -11,8 +11,9 @@ category (through the product noun) but no popularity.
 
     python bench/synthetic_shop.py OUT_DIR [--items 30000] [--users 20000] [--interactions 300000]
 
-writes OUT_DIR/items.csv (sku, name, cat, tags) and OUT_DIR/log.csv (uid, sku, when: ISO-8601),
-then prints the train_i2i command that runs on them.
+writes OUT_DIR/items.csv (sku, name, cat, tags, listed: the arrival, ISO-8601) and OUT_DIR/log.csv
+(uid, sku, when: ISO-8601), then prints the train_i2i command that runs on them (``listed`` as the
+catalog's ``available_from``; leave that override out to run without listing dates).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def generate(items: int, users: int, interactions: int, seed: int = 0) -> tuple[
             "name": names,
             "cat": [f"cat{c}" for c in cat],
             "tags": [f"cat{c}|brand{b}" for c, b in zip(cat, brand, strict=True)],
+            "listed": _iso(arrival),
         }
     )
     pop = 1.0 / (1.0 + rng.permutation(items))  # Zipf's law: popularity 1 / rank, ranks at random
@@ -90,15 +92,16 @@ def generate(items: int, users: int, interactions: int, seed: int = 0) -> tuple[
         cum = np.cumsum(pop[members])
         u = rng.uniform(0, 1, len(rows)) * cum[arrived - 1]
         bought[rows] = members[np.minimum(np.searchsorted(cum, u, side="right"), arrived - 1)]
-    when = pl.from_epoch(pl.Series((1_500_000_000 + t * 3e7).astype(np.int64)), time_unit="s")
     log = pl.DataFrame(
-        {
-            "uid": [f"u{u}" for u in user],
-            "sku": catalog["sku"].gather(bought),
-            "when": when.dt.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        {"uid": [f"u{u}" for u in user], "sku": catalog["sku"].gather(bought), "when": _iso(t)}
     )
     return catalog, log
+
+
+def _iso(t: np.ndarray) -> pl.Series:
+    """Times in [0, 1] -> ISO-8601 text over about a year from 2017-07-14."""
+    when = pl.from_epoch(pl.Series((1_500_000_000 + t * 3e7).astype(np.int64)), time_unit="s")
+    return when.dt.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def main() -> None:
@@ -118,6 +121,7 @@ def main() -> None:
         "python -m pipelines.train_i2i data=tabular "
         f"data.adapter.items_path={a.out / 'items.csv'} data.adapter.interactions_path={a.out / 'log.csv'} "
         "data.adapter.item_columns.item_id=sku data.adapter.item_columns.title=name "
+        "data.adapter.item_columns.available_from=listed "
         "data.adapter.interaction_columns.user_id=uid data.adapter.interaction_columns.item_id=sku "
         "data.adapter.interaction_columns.timestamp=when "
         "'data.adapter.attributes={category: {column: cat}, tags: {column: tags, sep: \"|\"}}' "

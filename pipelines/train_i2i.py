@@ -27,7 +27,7 @@ from tte_recsys import distributed
 from tte_recsys.config import EvalConfig, from_mapping
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
-from tte_recsys.data.split import TemporalSplit, temporal_split
+from tte_recsys.data.split import TemporalSplit, popularity_counts, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines, evaluate_retriever
 from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
@@ -290,6 +290,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     split.require_usable(ds.name)
+    pop_counts = popularity_counts(ds, split)  # train counts, or per time on the shelf (available_from)
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
@@ -307,7 +308,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content, priors)
         for shrink, var in trained[lam][1].items():
             for pop in pops:
-                bias = popularity_bias(split.item_counts, pop)
+                bias = popularity_bias(pop_counts, pop)
                 for p in _sweep(var.vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg, bias):
                     candidates.append({"lam": lam, "id_prior_shrink": shrink, "pop_prior": pop, **p})
     choice = choose_point(candidates, k, float(cfg.select.recall_tolerance)) if rank == 0 else {}
@@ -318,7 +319,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )[0]
     )
     chosen_prior = dataclasses.replace(priors[0], shrink=shrink)
-    item_bias = popularity_bias(split.item_counts, pop)
+    item_bias = popularity_bias(pop_counts, pop)
 
     refs: dict[str, tuple[TrainResult, dict[float, Variant], ModelConfig]] = {}
     if cfg.compare.single_head:
@@ -401,6 +402,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "share": share,
                     "id_prior": best.prior,
                     "pop_prior": pop,
+                    "pop_counts": "per time on the shelf"
+                    if "available_from" in ds.items.columns
+                    else "train interactions",
                     "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
                     "valid_points": candidates,
                 },

@@ -233,13 +233,17 @@ def test_a_users_csv_through_the_tabular_adapter(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
     """The generic adapter end to end: renamed columns, an optional text column, an attribute as
-    both model feature and relevance label, all set from the command line as the README shows."""
+    both model feature and relevance label, listing dates (some unknown) for the popularity prior,
+    all set from the command line as the README shows."""
     rng = np.random.default_rng(0)
     cats = ["pens", "paper", "tape", "ink"]
     items = tmp_path / "catalog.csv"
     items.write_text(
-        "sku,name,blurb,cat\n"
-        + "".join(f"S{i},{cats[i % 4]} item {i},a {cats[i % 4]} thing,{cats[i % 4]}\n" for i in range(80))
+        "sku,name,blurb,cat,listed\n"
+        + "".join(
+            f"S{i},{cats[i % 4]} item {i},a {cats[i % 4]} thing,{cats[i % 4]},{'' if i % 7 else 1_600_000_000 + 50 * i}\n"
+            for i in range(80)
+        )
     )
     rows, t = [], 1_600_000_000
     for u in range(150):  # each customer mostly buys one category
@@ -261,6 +265,7 @@ def test_a_users_csv_through_the_tabular_adapter(
                 "data.adapter.item_columns.item_id=sku",
                 "data.adapter.item_columns.title=name",
                 "data.adapter.item_columns.text=blurb",
+                "data.adapter.item_columns.available_from=listed",
                 "data.adapter.attributes={category: {column: cat}}",
                 "data.adapter.interaction_columns.user_id=customer",
                 "data.adapter.interaction_columns.item_id=sku",
@@ -276,4 +281,5 @@ def test_a_users_csv_through_the_tabular_adapter(
     assert (
         0 < report["dataset_stats"]["items"] <= 80 and 0.0 <= row["recall@10"] <= 1.0
     )  # debug=tiny samples users
+    assert sel["pop_counts"] == "per time on the shelf"
     assert (tmp_path / "out" / "export" / "manifest.json").is_file()

@@ -118,3 +118,29 @@ def test_unknown_items_in_interactions(tmp_path: Path) -> None:
         match=r"log\.csv, column item_id: 1 interaction\(s\) name items not in the catalog items\.csv \(row 2: '9'\)",
     ):
         check_interaction_items(log, items, "log.csv", "items.csv")
+
+
+def _listed(tmp_path: Path, text: str, time_format: str | None = None) -> pl.DataFrame:
+    p = _write(tmp_path, "items.csv", text)
+    return canonical_items(
+        read_table(p), str(p), id_col="id", title_col="name", available_col="since", time_format=time_format
+    )
+
+
+def test_listing_dates_parse_and_an_empty_cell_is_unknown(tmp_path: Path) -> None:
+    df = _listed(tmp_path, "id,name,since\n1,A,1970-01-01T00:01:00\n2,B,\n3,C, \n")
+    assert df["available_from"].to_list() == [60, None, None]
+    assert df.schema["available_from"] == pl.Int64
+    assert _listed(tmp_path, "id,name,since\n1,A,120\n2,B,\n")["available_from"].to_list() == [120, None]
+    assert _listed(tmp_path, "id,name,since\n1,A,02/01/1970\n", "%d/%m/%Y")["available_from"].to_list() == [
+        86400
+    ]
+
+
+def test_unparseable_listing_date_names_row_and_role(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataValidationError,
+        match=r"items\.csv, column 'since' \(available_from\): 1 value\(s\) do not parse \(row 2: 'soon'\); "
+        r"expected integer Unix seconds or ISO-8601 date-time \(or an empty cell: unknown\)",
+    ):
+        _listed(tmp_path, "id,name,since\n1,A,2020-01-01\n2,B,soon\n3,C,\n")

@@ -9,8 +9,9 @@ import pytest
 from tests.conftest import make_dataset
 from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.adapters import MovieLensAdapter
+from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.pairs import directed_pairs, mine_pairs
-from tte_recsys.data.split import temporal_split
+from tte_recsys.data.split import popularity_counts, temporal_split
 
 
 def test_hand_computed_split() -> None:
@@ -66,3 +67,36 @@ def test_split_rejects_a_log_without_time_spread() -> None:
     ds = make_dataset([("u", "A", 5), ("u", "B", 5), ("v", "A", 5)])
     with pytest.raises(ValueError, match="quantiles are equal"):
         temporal_split(ds, PairConfig(), SplitConfig())
+
+
+def test_popularity_counts_per_time_on_the_shelf() -> None:
+    # Train is t <= 7 (the 0.6 quantile of the 9 timestamps), starting at t = 0: a span of 7.
+    # A: 4 train interactions, no listing date (counts as listed at the start); B: 2, listed at
+    # t = 6 (1 time unit on the shelf); C: listed at t = 9, after the cutoff; D: listed at t = 0,
+    # no train interactions.
+    rows = [("u", "A", 0), ("v", "A", 1), ("w", "A", 2), ("x", "A", 3), ("u", "B", 6), ("v", "B", 7)]
+    ds = make_dataset([*rows, ("u", "C", 9), ("v", "C", 10), ("w", "D", 11)])
+    split_cfg = SplitConfig(valid_quantile=0.6, test_quantile=0.8)
+    s = temporal_split(ds, PairConfig(window=2), split_cfg)
+    assert s.cutoffs[0] == 7
+    code = {c: i for i, c in enumerate(ds.items["item_id"].to_list())}
+    # without listing dates: the train counts themselves
+    assert popularity_counts(ds, s).tolist() == s.item_counts.astype(float).tolist()
+    listed = {"A": None, "B": 6, "C": 9, "D": 0}
+    ds2 = Dataset.build(
+        ds.name,
+        ds.items.with_columns(
+            pl.Series("available_from", [listed[i] for i in ds.items["item_id"]], dtype=pl.Int64)
+        ),
+        ds.interactions,
+    )
+    got = popularity_counts(ds2, temporal_split(ds2, PairConfig(window=2), split_cfg), prior_span=0.25)
+    # shelf time A 7, B 1, C 0, D 7; mean rate 6 / 15 = 0.4 per unit; prior weight b = 0.25 * 7
+    rate, b, span = 0.4, 1.75, 7.0
+    want = {"A": (4 + rate * b) / (7 + b), "B": (2 + rate * b) / (1 + b), "C": rate, "D": rate * b / (7 + b)}
+    for item, r in want.items():
+        assert got[code[item]] == pytest.approx(r * span)
+    assert got[code["B"]] > got[code["A"]]  # 2 in 1 unit on the shelf beats 4 in 7
+    assert got[code["D"]] < got[code["C"]]  # listed all along and never engaged < not yet seen
+    with pytest.raises(ValueError, match="prior_span=0"):
+        popularity_counts(ds2, s, prior_span=0)

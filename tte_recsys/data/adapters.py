@@ -146,7 +146,8 @@ class TabularAdapter:
     Attributes:
         items_path, interactions_path: the two files (``.csv``, ``.tsv``, ``.parquet``).
         item_columns: canonical -> source column for ``item_id``, ``title`` and optionally ``text``,
-            ``image_path`` (a key mapped to None is absent).
+            ``image_path``, ``available_from`` (when the item was listed: its popularity prior
+            then counts train interactions per time on the shelf) (a key mapped to None is absent).
         attributes: attribute name -> ``{column, sep}`` (sep splits a text cell into several values);
             None: no attributes.
         interaction_columns: canonical -> source column for ``user_id``, ``item_id``, ``timestamp``
@@ -173,7 +174,7 @@ class TabularAdapter:
         ic = {k: v for k, v in self.item_columns.items() if v is not None}
         xc = {k: v for k, v in self.interaction_columns.items() if v is not None}
         for role, have, need, opt in (
-            ("item_columns", ic, {"item_id", "title"}, {"text", "image_path"}),
+            ("item_columns", ic, {"item_id", "title"}, {"text", "image_path", "available_from"}),
             ("interaction_columns", xc, {"user_id", "item_id", "timestamp"}, {"weight"}),
         ):
             if not need <= set(have) or set(have) - need - opt:
@@ -195,6 +196,8 @@ class TabularAdapter:
             text_col=ic.get("text"),
             image_col=ic.get("image_path"),
             attributes=attrs,
+            available_col=ic.get("available_from"),
+            time_format=self.time_format,
         )
         inter = canonical_interactions(
             read_table(self.interactions_path, self.separator),

@@ -1,7 +1,8 @@
 """Canonical item / interaction tables and their validation at the boundary.
 
 Canonical items: ``item_id`` (str, unique), ``title`` (str), ``text`` (str, may be empty),
-``image_path`` (str or null), plus any number of categorical attribute columns of type
+``image_path`` (str or null), optionally ``available_from`` (int Unix seconds or null: when the
+item went on sale / was listed), plus any number of categorical attribute columns of type
 ``list[str]``. Canonical interactions: ``user_id`` (str), ``item_id`` (str, in the catalog),
 ``timestamp`` (int, Unix seconds), ``weight`` (float or null, e.g. a rating).
 
@@ -108,8 +109,18 @@ def _as_string(df: pl.DataFrame, src: str, source: str, role: str, nullable: boo
     return s
 
 
-def _parse_timestamp(df: pl.DataFrame, src: str, source: str, time_format: str | None) -> pl.Series:
+def _parse_timestamp(
+    df: pl.DataFrame,
+    src: str,
+    source: str,
+    time_format: str | None,
+    nullable: bool = False,
+    role: str = "timestamp",
+) -> pl.Series:
+    """Unix seconds from integers, date-times or text; ``nullable``: an empty cell is unknown (null)."""
     s = df[src]
+    if nullable and s.dtype == pl.String:
+        s = s.str.strip_chars().replace("", None)
     if s.dtype.is_integer():
         parsed = s.cast(pl.Int64)
     elif s.dtype == pl.Datetime or s.dtype == pl.Date:
@@ -126,15 +137,18 @@ def _parse_timestamp(df: pl.DataFrame, src: str, source: str, time_format: str |
             )
     else:
         raise DataValidationError(
-            f"{source}, column {src!r} (timestamp): type {s.dtype}, expected Unix seconds or a date-time"
+            f"{source}, column {src!r} ({role}): type {s.dtype}, expected Unix seconds or a date-time"
         )
-    n, shown = _examples(df.with_columns(parsed.alias("__ts")), pl.col("__ts").is_null(), src)
+    bad = parsed.is_null() & s.is_not_null() if nullable else parsed.is_null()
+    n, shown = _examples(df, bad, src)
     if n:
         expected = f"format {time_format!r}" if time_format else "integer Unix seconds or ISO-8601 date-time"
+        if nullable:
+            expected += " (or an empty cell: unknown)"
         raise DataValidationError(
-            f"{source}, column {src!r} (timestamp): {n} value(s) do not parse ({shown}); expected {expected}"
+            f"{source}, column {src!r} ({role}): {n} value(s) do not parse ({shown}); expected {expected}"
         )
-    return parsed
+    return parsed.cast(pl.Int64)
 
 
 def canonical_items(
@@ -145,6 +159,8 @@ def canonical_items(
     text_col: str | None = None,
     image_col: str | None = None,
     attributes: Mapping[str, AttributeColumn] | None = None,
+    available_col: str | None = None,
+    time_format: str | None = None,
 ) -> pl.DataFrame:
     """Map a raw item table to the canonical schema and validate it.
 
@@ -153,13 +169,21 @@ def canonical_items(
         source: file name for error messages.
         id_col, title_col, text_col, image_col: source column names (text/image optional).
         attributes: canonical attribute name -> source column (+ separator).
+        available_col: optional column with the time each item became available (Unix seconds or a
+            date-time as for interaction timestamps, ``time_format``); empty cells mean unknown.
 
     Returns:
         The canonical items frame, in the input's row order.
     """
     attributes = dict(attributes or {})
     cols = {"item_id": id_col, "title": title_col}
-    cols.update({k: v for k, v in (("text", text_col), ("image_path", image_col)) if v is not None})
+    cols.update(
+        {
+            k: v
+            for k, v in (("text", text_col), ("image_path", image_col), ("available_from", available_col))
+            if v is not None
+        }
+    )
     cols.update({f"attribute {name}": a.column for name, a in attributes.items()})
     _require_columns(raw, cols, source)
     df = raw.with_columns((pl.int_range(pl.len()) + 1).alias(_ROW))
@@ -184,6 +208,10 @@ def canonical_items(
         if image_col
         else pl.Series([None] * df.height, dtype=pl.String),
     }
+    if available_col is not None:
+        out["available_from"] = _parse_timestamp(
+            df, available_col, source, time_format, nullable=True, role="available_from"
+        )
     for name, a in attributes.items():
         s = df[a.column]
         if s.dtype == pl.List(pl.String):

@@ -18,7 +18,7 @@ from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.pairs import directed_pairs, mine_pairs
 
-__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "temporal_split"]
+__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "popularity_counts", "temporal_split"]
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -144,3 +144,28 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
         valid=evalsets[0],
         test=evalsets[1],
     )
+
+
+def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1) -> np.ndarray:
+    """Train interactions per item as the popularity prior should see them, float (N,).
+
+    Without an ``available_from`` column in the catalog: the train counts. With one, an item
+    listed late had less time to be engaged, and one listed after the train cutoff had none, so
+    a count says little about it. Each item's count becomes its rate (train interactions per
+    second on the shelf, from its listing or the log's start to the cutoff) times the whole train
+    span, shrunk towards the catalog's mean rate with a gamma-Poisson prior worth ``prior_span``
+    of the train span. An item listed at the cutoff or later gets the mean: unknown popularity,
+    not the lowest there is. An empty date counts as listed when the log starts.
+    """
+    counts = split.item_counts.astype(np.float64)
+    if "available_from" not in ds.items.columns or split.train.height == 0:
+        return counts
+    if not prior_span > 0:
+        raise ValueError(f"prior_span={prior_span}: expected > 0 (a share of the train span)")
+    start, end = int(split.train["timestamp"].min()), split.cutoffs[0]  # type: ignore[arg-type]
+    span = float(max(end - start, 1))
+    listed = ds.items["available_from"].fill_null(start).to_numpy().astype(np.float64)
+    shelf = np.clip(end - np.maximum(listed, start), 0.0, span)
+    mean_rate = counts.sum() / max(shelf.sum(), 1.0)
+    b = prior_span * span
+    return (counts + mean_rate * b) / (shelf + b) * span

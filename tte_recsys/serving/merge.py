@@ -35,6 +35,9 @@ def quota_shares(heads: Sequence[str], first_share: float) -> dict[str, float]:
 def popularity_bias(train_counts: np.ndarray, weight: float) -> np.ndarray | None:
     """The popularity prior: ``weight * log(1 + n)`` per item, ``n`` its train interactions.
 
+    ``train_counts`` may be fractional: with listing dates in the catalog the pipeline passes
+    counts per time on the shelf (:func:`tte_recsys.data.split.popularity_counts`).
+
     Added to every candidate's score in every head. The model's scores are cosines of unit
     vectors, which hold a catalog's popularity skew poorly; where that skew carries the
     co-engagement signal, the selection on valid turns this on (README). None for weight 0.
