@@ -57,7 +57,13 @@ def test_readme_tabular_overrides_compose(compose_cfg: Callable[..., DictConfig]
         ],
     )
     adapter = instantiate(cfg.data.adapter)
-    assert adapter.item_columns == {"item_id": "sku", "title": "name", "text": None, "image_path": None}
+    assert adapter.item_columns == {
+        "item_id": "sku",
+        "title": "name",
+        "text": None,
+        "image_path": None,
+        "available_from": None,
+    }
     assert adapter.attributes == {"category": {"column": "cats", "sep": "|"}}
     assert adapter.interaction_columns["weight"] == "rating"
 
