@@ -144,3 +144,19 @@ def test_unparseable_listing_date_names_row_and_role(tmp_path: Path) -> None:
         r"expected integer Unix seconds or ISO-8601 date-time \(or an empty cell: unknown\)",
     ):
         _listed(tmp_path, "id,name,since\n1,A,2020-01-01\n2,B,soon\n3,C,\n")
+
+
+def test_float_seconds_parse_and_nan_is_unknown_for_listing_dates(tmp_path: Path) -> None:
+    # pandas writes an integer column with gaps as float64, NaN for the gaps
+    p = tmp_path / "items.parquet"
+    pl.DataFrame({"id": ["1", "2"], "name": ["A", "B"], "since": [120.7, float("nan")]}).write_parquet(p)
+    df = canonical_items(read_table(p), str(p), id_col="id", title_col="name", available_col="since")
+    assert df["available_from"].to_list() == [120, None]
+    log = tmp_path / "log.parquet"
+    pl.DataFrame({"u": ["a"], "i": ["1"], "t": [60.9]}).write_parquet(log)
+    assert canonical_interactions(read_table(log), str(log), "u", "i", "t")["timestamp"].to_list() == [60]
+    pl.DataFrame({"u": ["a", "b"], "i": ["1", "1"], "t": [60.0, float("nan")]}).write_parquet(log)
+    with pytest.raises(
+        DataValidationError, match=r"column 't' \(timestamp\): 1 value\(s\) do not parse \(row 2"
+    ):
+        canonical_interactions(read_table(log), str(log), "u", "i", "t")

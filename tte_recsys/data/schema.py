@@ -123,6 +123,9 @@ def _parse_timestamp(
         s = s.str.strip_chars().replace("", None)
     if s.dtype.is_integer():
         parsed = s.cast(pl.Int64)
+    elif s.dtype.is_float():  # fractional seconds; pandas also writes an integer column with gaps as float
+        s = s.fill_nan(None)
+        parsed = s.floor().cast(pl.Int64, strict=False)
     elif s.dtype == pl.Datetime or s.dtype == pl.Date:
         parsed = s.cast(pl.Datetime("us")).dt.epoch("s")
     elif s.dtype == pl.String:
