@@ -290,7 +290,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = load_dataset(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     split.require_usable(ds.name)
-    pop_counts = popularity_counts(ds, split)  # train counts, or per time on the shelf (available_from)
+    # the popularity prior per grid weight (train counts, or per time on the shelf: available_from)
+    pop_counts = popularity_counts(ds, split)
+    biases = {pop: popularity_bias(pop_counts, pop) for pop in pops}
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
@@ -307,8 +309,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lc = dataclasses.replace(loss_cfg, lam=lam)
         trained[lam] = t.train(f"mtmh_lam{lam:g}", model_cfg, lc, content, priors)
         for shrink, var in trained[lam][1].items():
-            for pop in pops:
-                bias = popularity_bias(pop_counts, pop)
+            for pop, bias in biases.items():
                 for p in _sweep(var.vecs, heads, shares, split.valid, labeler, ds.num_items, eval_cfg, bias):
                     candidates.append({"lam": lam, "id_prior_shrink": shrink, "pop_prior": pop, **p})
     choice = choose_point(candidates, k, float(cfg.select.recall_tolerance)) if rank == 0 else {}
@@ -319,7 +320,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )[0]
     )
     chosen_prior = dataclasses.replace(priors[0], shrink=shrink)
-    item_bias = popularity_bias(pop_counts, pop)
+    item_bias = biases[pop]
 
     refs: dict[str, tuple[TrainResult, dict[float, Variant], ModelConfig]] = {}
     if cfg.compare.single_head:
