@@ -84,21 +84,29 @@ def _traces_dir(cfg: DictConfig, out: Path) -> str | None:
     return str(out / "traces")
 
 
+def content_folder(cfg: DictConfig, out: Path) -> str:
+    """The item vectors of the configured embedder (after the reasoner's traces when one is
+    configured): ``content_dir``, or embedded here into ``out/content`` (the job resumes)."""
+    if cfg.content_dir:
+        return str(cfg.content_dir)
+    from pipelines import embed_items
+
+    folder = str(out / "content")
+    trace_folder = _traces_dir(cfg, out)
+    embed_items.run(_sub(cfg, traces_dir=trace_folder, shard_size=cfg.shard_size, output_dir=folder))
+    return folder
+
+
 def build_content(
-    cfg: DictConfig, model_cfg: ModelConfig, ds: Dataset, out: Path
+    cfg: DictConfig, model_cfg: ModelConfig, ds: Dataset, out: Path, folder: str | None
 ) -> tuple[ContentTower | None, dict[str, Any] | None]:
-    """The content tower the config asks for, and (trainable) the spec that rebuilds it."""
+    """The content tower the config asks for (``folder``: the frozen mode's vectors, see
+    :func:`content_folder`), and (trainable) the spec that rebuilds it."""
     if model_cfg.content == "none":
         return None, None
     if model_cfg.content == "frozen":
-        folder = cfg.content_dir
-        if not folder:
-            from pipelines import embed_items
-
-            trace_folder = _traces_dir(cfg, out)
-            folder = str(out / "content")
-            embed_items.run(_sub(cfg, traces_dir=trace_folder, shard_size=cfg.shard_size, output_dir=folder))
-        vectors = load_vectors(str(folder))
+        assert folder is not None, "frozen content needs its vectors folder"
+        vectors = load_vectors(folder)
         table = torch.from_numpy(vectors.aligned(ds.items["item_id"].to_list()))
         if model_cfg.content_dim is not None and table.shape[1] != model_cfg.content_dim:
             raise ValueError(
@@ -293,10 +301,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # the popularity prior per grid weight (train counts, or per time on the shelf: available_from)
     pop_counts = popularity_counts(ds, split)
     biases = {pop: popularity_bias(pop_counts, pop) for pop in pops}
-    labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
+    own_teacher = label_cfg.teacher == "content"  # the run's content vectors teach the semantic head
+    labeler = None if own_teacher else RelevanceLabeler.from_dataset(ds, label_cfg)  # fails early
+    folder = content_folder(cfg, out) if model_cfg.content == "frozen" or own_teacher else None
+    if labeler is None:
+        label_cfg = dataclasses.replace(label_cfg, teacher=folder)
+        labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
+        OmegaConf.update(cfg, "data.labels.teacher", folder)  # the saved config names the folder
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
-    content, content_spec = build_content(cfg, model_cfg, ds, out)
+    content, content_spec = build_content(cfg, model_cfg, ds, out, folder)
     t = Trainer(cfg, ds, split, labeler, features, eval_cfg, trainer_cfg, out, rank, world)
     k = eval_cfg.select_k
     heads = list(model_cfg.heads)
@@ -396,6 +410,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dataset_stats": ds.stats(),
             "split": split.stats(),
             "eval": {"ks": sorted(eval_cfg.ks), "select_k": k},
+            "labels": dataclasses.asdict(label_cfg),
             "selection": {
                 **selection,
                 "mtmh": {

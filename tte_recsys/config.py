@@ -68,22 +68,36 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """Graded semantic relevance: weighted mean of per-attribute Jaccard similarities.
+    """Graded semantic relevance between items, in [0, 1], from one of three sources.
 
     Attributes:
-        fields: attribute column -> weight (weights > 0; normalised to sum to 1).
+        fields: attribute column -> weight (weights > 0; normalised to sum to 1): the label is the
+            weighted mean of the per-attribute Jaccard similarities.
         relation: optional relation name from the dataset's relations table (e.g. ``also_viewed``):
             then the label is 1 for related pairs (either direction) and 0 otherwise, and
             ``fields`` is ignored.
+        teacher: optional folder of item vectors written by ``pipelines.embed_items`` (a teacher
+            content encoder): then the label is the cosine of the two items' vectors, clipped at 0,
+            and ``fields`` is ignored. For catalogs without categorical attributes. In
+            ``pipelines.train_i2i`` the value ``content`` means the run's own content vectors.
     """
 
     fields: dict[str, float] = field(default_factory=lambda: {"genres": 1.0})
     relation: str | None = None
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
-        if self.relation is None and not self.fields:
+        if self.relation is not None and self.teacher is not None:
             raise ValueError(
-                "labels.fields is empty: name at least one attribute column, or set labels.relation"
+                f"labels.relation={self.relation!r} and labels.teacher={self.teacher!r}: set one label source"
+            )
+        if self.relation is not None or self.teacher is not None:
+            object.__setattr__(self, "fields", {})  # ignored (may be the tabular config's ???)
+            return
+        if not isinstance(self.fields, dict) or not self.fields:
+            raise ValueError(
+                f"labels.fields={self.fields!r}: name at least one attribute column with a weight "
+                "({column: 1.0}), or set labels.relation or labels.teacher (e.g. teacher=content)"
             )
         for name, w in self.fields.items():
             if not w > 0:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 
 from tests.conftest import make_dataset
+from tte_recsys.artifacts import write_manifest, write_parquet
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
@@ -56,3 +59,48 @@ def test_unknown_label_field_lists_valid_ones() -> None:
         ValueError, match=r"\['colour'\] not attribute columns of dataset 't'; valid: \['genres', 'brand'\]"
     ):
         RelevanceLabeler.from_dataset(_ds(), LabelConfig(fields={"colour": 1.0}))
+
+
+def _teacher_folder(path: Path, ids: list[str], vecs: np.ndarray) -> Path:
+    """An embed_items-style folder (shards + manifest) holding ``vecs`` for ``ids``."""
+    write_parquet(
+        path / "shards" / "part-00000.parquet",
+        pl.DataFrame({"item_id": ids, "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1]))}),
+    )
+    write_manifest(path, "embed_items", {"model_id": "teacher", "trace_version": "none"})
+    return path
+
+
+def test_teacher_labels_are_clipped_cosines(tmp_path: Path) -> None:
+    # items 1..4: unit x; length-5 vector at 53.13 degrees (cos 0.6); -x; the zero vector
+    vecs = np.array([[1, 0], [3, 4], [-2, 0], [0, 0]], dtype=np.float32)
+    folder = _teacher_folder(tmp_path / "t", ["4", "3", "2", "1"], vecs[::-1].copy())  # any order
+    lab = RelevanceLabeler.from_dataset(_ds(), LabelConfig(teacher=str(folder)))
+    got = lab.pairs(np.array([0, 0, 0, 1, 3, 0]), np.array([1, 2, 0, 1, 0, -1]))
+    # cos 0.6; cos -1 clipped to 0; self 1; self 1; zero vector 0; padding 0
+    np.testing.assert_allclose(got, [0.6, 0, 1, 1, 0, 0], rtol=1e-6)
+    ids = np.array([0, 1, 2, 3])
+    a, b = np.meshgrid(ids, ids, indexing="ij")
+    np.testing.assert_allclose(lab.matrix(ids), lab.pairs(a.ravel(), b.ravel()).reshape(4, 4), rtol=1e-6)
+
+
+def test_teacher_folder_errors_name_the_folder_and_items(tmp_path: Path) -> None:
+    partial = _teacher_folder(tmp_path / "p", ["1", "2"], np.eye(2, dtype=np.float32))
+    with pytest.raises(
+        ValueError, match=r"labels.teacher='.*p': 2 item\(s\) have no vector \(e.g. \['3', '4'\]\)"
+    ):
+        RelevanceLabeler.from_dataset(_ds(), LabelConfig(teacher=str(partial)))
+    with pytest.raises(FileNotFoundError, match=r"labels.teacher='.*nowhere': no such folder"):
+        RelevanceLabeler.from_dataset(_ds(), LabelConfig(teacher=str(tmp_path / "nowhere")))
+    with pytest.raises(
+        ValueError, match=r"teacher=content names the content vectors of a pipelines\.train_i2i run"
+    ):
+        RelevanceLabeler.from_dataset(_ds(), LabelConfig(teacher="content"))
+
+
+def test_label_config_needs_exactly_one_source() -> None:
+    with pytest.raises(ValueError, match="set one label source"):
+        LabelConfig(relation="also_viewed", teacher="t")
+    with pytest.raises(ValueError, match=r"labels.fields='\?\?\?': name at least one attribute column"):
+        LabelConfig(fields="???")  # type: ignore[arg-type]  # the tabular config left unfilled
+    assert LabelConfig(fields="???", teacher="t").fields == {}  # type: ignore[arg-type]

@@ -2,11 +2,15 @@
 
 Attribute mode: the weighted mean over attribute columns of the Jaccard similarity of the two
 items' value sets (two empty sets score 0). Relation mode: 1 when the dataset's relations table
-links the two items (either direction) under the configured relation, else 0.
+links the two items (either direction) under the configured relation, else 0. Teacher mode: the
+cosine of the two items' vectors from a teacher content encoder (an ``embed_items`` folder),
+clipped at 0, for catalogs that carry no categorical attributes.
 One object serves the evaluation (labels of a top-K list) and the loss (a dense batch matrix).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,6 +33,32 @@ def _incidence(values: pl.Series, num_items: int) -> sp.csr_matrix:
     return m
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (an all-zero row stays zero: label 0 with everything)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def _teacher_vectors(ds: Dataset, folder: str) -> np.ndarray:
+    """(N, D) teacher vectors in item-code order, from an ``embed_items`` folder (manifest verified)."""
+    from tte_recsys.serving.embed_job import load_vectors
+
+    if folder == "content":
+        raise ValueError(
+            "labels.teacher=content names the content vectors of a pipelines.train_i2i run; "
+            "elsewhere give the folder (an embed_items output, e.g. <run dir>/content)"
+        )
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(
+            f"labels.teacher={folder!r}: no such folder (expected an embed_items output folder)"
+        )
+    try:
+        return load_vectors(folder).aligned(ds.items["item_id"].to_list())
+    except ValueError as e:
+        raise ValueError(f"labels.teacher={folder!r}: {e}") from e
+
+
 class RelevanceLabeler:
     """Relevance labels over item codes.
 
@@ -40,16 +70,22 @@ class RelevanceLabeler:
     """
 
     def __init__(
-        self, fields: list[tuple[sp.csr_matrix, float]], relation: sp.csr_matrix | None = None
+        self,
+        fields: list[tuple[sp.csr_matrix, float]],
+        relation: sp.csr_matrix | None = None,
+        teacher: np.ndarray | None = None,
     ) -> None:
         self._fields = fields
         self._relation = relation
+        self._teacher = None if teacher is None else _unit_rows(teacher)
         total = sum(w for _, w in fields)
         self._weights = [w / total for _, w in fields] if fields else []
         self._sizes = [np.asarray(m.sum(axis=1)).ravel() for m, _ in fields]
 
     @classmethod
     def from_dataset(cls, ds: Dataset, cfg: LabelConfig) -> RelevanceLabeler:
+        if cfg.teacher is not None:
+            return cls([], teacher=_teacher_vectors(ds, cfg.teacher))
         if cfg.relation is not None:
             rel = ds.relations
             names = [] if rel is None else sorted(rel["relation"].unique().to_list())
@@ -81,6 +117,10 @@ class RelevanceLabeler:
         if self._relation is not None:
             out[valid] = np.asarray(self._relation[av, bv]).ravel()
             return out
+        if self._teacher is not None:
+            v = self._teacher
+            out[valid] = np.clip(np.einsum("pd,pd->p", v[av], v[bv]), 0.0, 1.0)
+            return out
         acc = np.zeros(len(av), dtype=np.float32)
         for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
             inter = np.asarray(m[av].multiply(m[bv]).sum(axis=1)).ravel()  # (P,)
@@ -104,6 +144,8 @@ class RelevanceLabeler:
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         if self._relation is not None:
             return np.asarray(self._relation[rows][:, cols].todense(), dtype=np.float32)
+        if self._teacher is not None:
+            return np.clip(self._teacher[rows] @ self._teacher[cols].T, 0.0, 1.0)
         acc = np.zeros((len(rows), len(cols)), dtype=np.float32)
         for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
             inter = np.asarray((m[rows] @ m[cols].T).todense(), dtype=np.float32)  # (A, B)

@@ -28,6 +28,15 @@ def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | No
     return "\n".join(lines) + "\n"
 
 
+def _labels(cfg: dict[str, Any]) -> str:
+    """One line naming the label source of a ``LabelConfig`` as a dict."""
+    if cfg.get("teacher"):
+        return f"cosine (clipped at 0) of the teacher vectors in `{cfg['teacher']}`"
+    if cfg.get("relation"):
+        return f"1 for pairs under relation `{cfg['relation']}`, else 0"
+    return "Jaccard of " + ", ".join(f"`{f}` (weight {w:g})" for f, w in cfg["fields"].items())
+
+
 def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str:
     """Write ``report.json`` and ``report.md``; returns the markdown."""
     out = Path(out_dir)
@@ -43,6 +52,11 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
         "cold_recall = recall on targets with no train interactions; cold_share = share of the "
         "retrieved slots that hold such items.",
         "",
+        *(
+            [f"relevance labels (semrel and the semantic loss): {_labels(report['labels'])}", ""]
+            if "labels" in report
+            else []
+        ),
         markdown_table(report["methods"], cols),
     ]
     text = "\n".join(md)
