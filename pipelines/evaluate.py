@@ -6,6 +6,7 @@ Writes report.json and report.md (one row per method) into the run folder and pr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -59,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "dataset_stats": ds.stats(),
         "split": split.stats(),
         "eval": {"ks": sorted(eval_cfg.ks), "select_k": eval_cfg.select_k},
+        "labels": dataclasses.asdict(label_cfg),
         "selection": selection,
         "methods": methods,
     }

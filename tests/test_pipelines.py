@@ -38,6 +38,7 @@ def test_prepare_then_evaluate_from_prepared_dir(
     assert {"report.json", "report.md", "config.yaml"} <= set(m["files"])
     assert json.loads((out / "report.json").read_text())["methods"] == report["methods"]
     assert "| ease |" in (out / "report.md").read_text()
+    assert "Jaccard of `category` (weight 0.5), `brand` (weight 0.5)" in (out / "report.md").read_text()
 
 
 def test_evaluate_rejects_tampered_prepared_dir(compose_cfg: Callable[..., DictConfig]) -> None:
