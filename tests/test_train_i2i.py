@@ -253,14 +253,13 @@ def _shop_files(tmp_path: Path) -> tuple[Path, Path]:
     return items, log
 
 
-def test_a_users_csv_through_the_tabular_adapter(
-    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
-) -> None:
-    """The generic adapter end to end: renamed columns, an optional text column, an attribute as
-    both model feature and relevance label, listing dates (some unknown) for the popularity prior,
-    all set from the command line as the README shows."""
+def _shop_run(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, *extra: str
+) -> dict:  # type: ignore[type-arg]
+    """train_i2i on the small shop through the tabular adapter: the required column mapping from
+    the command line, plus ``extra`` overrides."""
     items, log = _shop_files(tmp_path)
-    report = train_i2i.run(
+    return train_i2i.run(
         compose_cfg(
             "train_i2i",
             _args(
@@ -270,17 +269,31 @@ def test_a_users_csv_through_the_tabular_adapter(
                 f"data.adapter.interactions_path={log}",
                 "data.adapter.item_columns.item_id=sku",
                 "data.adapter.item_columns.title=name",
-                "data.adapter.item_columns.text=blurb",
-                "data.adapter.item_columns.available_from=listed",
-                "data.adapter.attributes={category: {column: cat}}",
                 "data.adapter.interaction_columns.user_id=customer",
                 "data.adapter.interaction_columns.item_id=sku",
                 "data.adapter.interaction_columns.timestamp=ts",
-                "data.labels.fields={category: 1.0}",
-                "data.item_features=[category]",
-                "data.content_fields=[title,text]",
+                *extra,
             ),
         )
+    )
+
+
+def test_a_users_csv_through_the_tabular_adapter(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """The generic adapter end to end: renamed columns, an optional text column, an attribute as
+    both model feature and relevance label, listing dates (some unknown) for the popularity prior,
+    all set from the command line as the README shows."""
+    report = _shop_run(
+        compose_cfg,
+        tiny_qwen_dir,
+        tmp_path,
+        "data.adapter.item_columns.text=blurb",
+        "data.adapter.item_columns.available_from=listed",
+        "data.adapter.attributes={category: {column: cat}}",
+        "data.labels.fields={category: 1.0}",
+        "data.item_features=[category]",
+        "data.content_fields=[title,text]",
     )
     sel = report["selection"]["mtmh"]
     row = report["methods"][MTMH_ROW.format(**sel)]
@@ -296,24 +309,7 @@ def test_a_text_only_catalog_learns_from_teacher_labels(
 ) -> None:
     """No categorical attribute at all: ``labels.teacher=content`` makes the run's content vectors
     the relevance labels of the semantic loss and of SemRel, and the saved config names the folder."""
-    items, log = _shop_files(tmp_path)
-    report = train_i2i.run(
-        compose_cfg(
-            "train_i2i",
-            _args(
-                tiny_qwen_dir,
-                "data=tabular",
-                f"data.adapter.items_path={items}",
-                f"data.adapter.interactions_path={log}",
-                "data.adapter.item_columns.item_id=sku",
-                "data.adapter.item_columns.title=name",
-                "data.adapter.interaction_columns.user_id=customer",
-                "data.adapter.interaction_columns.item_id=sku",
-                "data.adapter.interaction_columns.timestamp=ts",
-                "data.labels.teacher=content",
-            ),
-        )
-    )
+    report = _shop_run(compose_cfg, tiny_qwen_dir, tmp_path, "data.labels.teacher=content")
     out = tmp_path / "out"
     assert report["labels"] == {"fields": {}, "relation": None, "teacher": str(out / "content")}
     saved = OmegaConf.load(out / "config.yaml")
