@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import make_dataset
 from tte_recsys.artifacts import write_manifest, write_parquet
 from tte_recsys.config import LabelConfig
+from tte_recsys.data import labels
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
 
@@ -71,7 +72,8 @@ def _teacher_folder(path: Path, ids: list[str], vecs: np.ndarray) -> Path:
     return path
 
 
-def test_teacher_labels_are_clipped_cosines(tmp_path: Path) -> None:
+def test_teacher_labels_are_clipped_cosines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(labels, "_CHUNK", 3)  # pairs are dotted in chunks: several here
     # items 1..4: unit x; length-5 vector at 53.13 degrees (cos 0.6); -x; the zero vector
     vecs = np.array([[1, 0], [3, 4], [-2, 0], [0, 0]], dtype=np.float32)
     folder = _teacher_folder(tmp_path / "t", ["4", "3", "2", "1"], vecs[::-1].copy())  # any order

@@ -21,6 +21,8 @@ from tte_recsys.data.dataset import Dataset
 
 __all__ = ["RelevanceLabeler"]
 
+_CHUNK = 16384  # teacher-label pairs per gather (two chunks of 16384 x 384 float32: 50 MB)
+
 
 def _incidence(values: pl.Series, num_items: int) -> sp.csr_matrix:
     """(N, V) binary matrix of each item's attribute values."""
@@ -118,8 +120,10 @@ class RelevanceLabeler:
             out[valid] = np.asarray(self._relation[av, bv]).ravel()
             return out
         if self._teacher is not None:
-            v = self._teacher
-            out[valid] = np.clip(np.einsum("pd,pd->p", v[av], v[bv]), 0.0, 1.0)
+            v, dots = self._teacher, np.empty(len(av), dtype=np.float32)
+            for s in range(0, len(av), _CHUNK):  # chunks: two (P, D) gathers at once were 5x slower
+                dots[s : s + _CHUNK] = np.einsum("pd,pd->p", v[av[s : s + _CHUNK]], v[bv[s : s + _CHUNK]])
+            out[valid] = np.clip(dots, 0.0, 1.0)
             return out
         acc = np.zeros(len(av), dtype=np.float32)
         for (m, _), w, size in zip(self._fields, self._weights, self._sizes, strict=True):
