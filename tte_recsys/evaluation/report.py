@@ -53,7 +53,10 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
         "retrieved slots that hold such items.",
         "",
         *(
-            [f"relevance labels (semrel and the semantic loss): {_labels(report['labels'])}", ""]
+            [
+                f"relevance labels (semrel; in train_i2i also the semantic loss): {_labels(report['labels'])}",
+                "",
+            ]
             if "labels" in report
             else []
         ),
