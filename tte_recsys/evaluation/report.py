@@ -8,7 +8,7 @@ from typing import Any
 
 from tte_recsys.artifacts import write_json, write_text
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = ["describe_labels", "markdown_table", "write_report"]
 
 
 def _fmt(v: float) -> str:
@@ -28,7 +28,7 @@ def markdown_table(results: dict[str, dict[str, float]], columns: list[str] | No
     return "\n".join(lines) + "\n"
 
 
-def _labels(cfg: dict[str, Any]) -> str:
+def describe_labels(cfg: dict[str, Any]) -> str:
     """One line naming the label source of a ``LabelConfig`` as a dict."""
     if cfg.get("teacher"):
         return f"cosine (clipped at 0) of the teacher vectors in `{cfg['teacher']}`"
@@ -54,7 +54,7 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
         "",
         *(
             [
-                f"relevance labels (semrel; in train_i2i also the semantic loss): {_labels(report['labels'])}",
+                f"relevance labels (semrel; in train_i2i also the semantic loss): {describe_labels(report['labels'])}",
                 "",
             ]
             if "labels" in report
