@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -84,21 +84,25 @@ def _traces_dir(cfg: DictConfig, out: Path) -> str | None:
     return str(out / "traces")
 
 
-def content_folder(cfg: DictConfig, out: Path) -> str:
-    """The item vectors of the configured embedder (after the reasoner's traces when one is
-    configured): ``content_dir``, or embedded here into ``out/content`` (the job resumes)."""
+def content_folder(cfg: DictConfig, out: Path, traces: Callable[[], str | None]) -> str:
+    """The item vectors of the configured embedder (after the reasoner's traces, ``traces()``,
+    when one is configured): ``content_dir``, or embedded here into ``out/content`` (the job
+    resumes)."""
     if cfg.content_dir:
         return str(cfg.content_dir)
     from pipelines import embed_items
 
     folder = str(out / "content")
-    trace_folder = _traces_dir(cfg, out)
-    embed_items.run(_sub(cfg, traces_dir=trace_folder, shard_size=cfg.shard_size, output_dir=folder))
+    embed_items.run(_sub(cfg, traces_dir=traces(), shard_size=cfg.shard_size, output_dir=folder))
     return folder
 
 
 def build_content(
-    cfg: DictConfig, model_cfg: ModelConfig, ds: Dataset, out: Path, folder: str | None
+    cfg: DictConfig,
+    model_cfg: ModelConfig,
+    ds: Dataset,
+    folder: str | None,
+    traces: Callable[[], str | None],
 ) -> tuple[ContentTower | None, dict[str, Any] | None]:
     """The content tower the config asks for (``folder``: the frozen mode's vectors, see
     :func:`content_folder`), and (trainable) the spec that rebuilds it."""
@@ -121,8 +125,8 @@ def build_content(
         )
         return FrozenContent(table), None
     items = item_inputs(ds, list(cfg.data.content_fields))
-    traces_dir = _traces_dir(cfg, out)
-    traces = load_trace_texts(traces_dir, items)[0] if traces_dir else {}
+    traces_dir = traces()
+    texts = load_trace_texts(traces_dir, items)[0] if traces_dir else {}
     embedder, _ = embedder_from_config({**cfg.embedder, "runtime": "torch"})  # trained: PyTorch
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
     embedder = add_lora(embedder, **lora)  # type: ignore[arg-type]
@@ -132,7 +136,7 @@ def build_content(
         },
         "lora": lora,
     }
-    return TrainableContent(embedder, [embedding_text(it, traces.get(it.item_id)) for it in items]), spec
+    return TrainableContent(embedder, [embedding_text(it, texts.get(it.item_id)) for it in items]), spec
 
 
 class Trainer:
@@ -303,14 +307,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     biases = {pop: popularity_bias(pop_counts, pop) for pop in pops}
     own_teacher = label_cfg.teacher == "content"  # the run's content vectors teach the semantic head
     labeler = None if own_teacher else RelevanceLabeler.from_dataset(ds, label_cfg)  # fails early
-    folder = content_folder(cfg, out) if model_cfg.content == "frozen" or own_teacher else None
+    traces = cache(partial(_traces_dir, cfg, out))  # the reasoner runs at most once, and only if needed
+    folder = content_folder(cfg, out, traces) if model_cfg.content == "frozen" or own_teacher else None
     if labeler is None:
         label_cfg = dataclasses.replace(label_cfg, teacher=folder)
         labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
         OmegaConf.update(cfg, "data.labels.teacher", folder)  # the saved config names the folder
     no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
     features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
-    content, content_spec = build_content(cfg, model_cfg, ds, out, folder)
+    content, content_spec = build_content(cfg, model_cfg, ds, folder, traces)
     t = Trainer(cfg, ds, split, labeler, features, eval_cfg, trainer_cfg, out, rank, world)
     k = eval_cfg.select_k
     heads = list(model_cfg.heads)
