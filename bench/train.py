@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from tte_recsys.config import LabelConfig, PairConfig, SplitConfig
 from tte_recsys.data.adapters import MovieLensAdapter
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
+from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.training.batches import Batch, PairBatches, collate
@@ -93,14 +95,30 @@ def _step(model: nn.Module, batch: Batch, heads: list[str], loss_cfg: LossConfig
     return mtmh_loss(q, c, batch.pos, batch.labels, loss_cfg, batch.log_q, batch.mask)["loss"]
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # GPU work is asynchronous: time what ran, not what was queued
+        torch.cuda.synchronize()
+
+
 def _time(batches: list[Batch], step: Callable[[Batch], None]) -> float:
     """steps/s over ``batches`` after 5 warm-up steps."""
     for b in batches[:5]:
         step(b)
+    _sync()
     t0 = time.perf_counter()
     for b in batches[5:]:
         step(b)
+    _sync()
     return (len(batches) - 5) / (time.perf_counter() - t0)
+
+
+def _fbgemm() -> str:
+    for name in ("fbgemm-gpu", "fbgemm-gpu-cpu"):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return "fbgemm-gpu not installed"
 
 
 def main() -> None:
@@ -130,7 +148,11 @@ def main() -> None:
         source = "random unit vectors (speed does not depend on their values)"
     content = FrozenContent(table)
     print(f"MovieLens train pairs {split.train_pairs.height:,}, batch {args.batch}, content {source}")
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}{gpu}"
+    )
+    print(f"torch {torch.__version__}, torchrec {version('torchrec')}, {_fbgemm()}")
     for rows in args.rows:
         spread = rows > base.num_items
         features = SpreadFeatures(**dataclasses.asdict(base), rows=rows) if spread else base
@@ -156,14 +178,14 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
             model = MTMHModel(mcfg, ne, content, device="meta")
             return fit(model, batches, tcfg, loss_cfg, Path(tmp), desc="full loop").steps_per_sec
 
-    # Pre-built batches for the others (same global steps as the loop's).
-    prebuilt = [collate(features, batches[s]) for s in range(args.steps + 5)]
+    # Pre-built batches for the others (same global steps as the loop's), on the training device.
+    device = local_device()
+    prebuilt = [collate(features, batches[s]).to(device) for s in range(args.steps + 5)]
 
     # 2. bare DMP forward/backward/step
     torch.manual_seed(0)
-    sh = shard_model(
-        MTMHModel(mcfg, ne, content, device="meta"), torch.device("cpu"), tcfg.sparse_lr, tcfg.dense_lr
-    )
+    sh = shard_model(MTMHModel(mcfg, ne, content, device="meta"), device, tcfg.sparse_lr, tcfg.dense_lr)
+    print(f"device {device}, sharding plan {sh.plan}")
 
     def dmp_step(batch: Batch) -> None:
         loss = _step(sh.dmp, batch, heads, loss_cfg)
@@ -181,6 +203,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
         torch.manual_seed(0)
         m = MTMHModel(mcfg, ne, content, device="meta")
         m.ebc = PlainEBC(m, sparse)  # type: ignore[assignment]
+        m.to(device)
         table_params = list(m.ebc.parameters())
         ids = {id(p) for p in table_params}
         dense_params = [p for p in m.parameters() if id(p) not in ids]

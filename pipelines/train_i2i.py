@@ -435,6 +435,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "best_step": r.best_step,
                     "best_valid": r.best_score,
                     "steps_per_sec": r.steps_per_sec,
+                    "device": r.device,
+                    "plan": r.plan,
                     "stopped_early": r.stopped_early,
                     "valid": r.valid,
                     "final_loss": r.losses[-1] if r.losses else None,

@@ -1,6 +1,6 @@
 """GPU paths, against the CPU in fp32: the embedder and the HF reasoner on this process's GPU (fp32
-and bf16), and embed_items with the default ``device=auto``. Skipped without CUDA (CI has none);
-the README says where they ran."""
+and bf16), embed_items with the default ``device=auto``, and train_i2i (TorchRec with fbgemm-gpu
+and nccl). Skipped without CUDA (CI has none); the README says where they ran."""
 
 from __future__ import annotations
 
@@ -98,3 +98,60 @@ def test_embed_items_runs_on_the_gpu(
         return load_vectors(out).vectors
 
     np.testing.assert_allclose(run(tmp_path / "gpu"), run(tmp_path / "cpu", "embedder.device=cpu"), atol=1e-4)
+
+
+def test_train_i2i_on_the_gpu_follows_the_cpu(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """TorchRec on the GPU: the planner's own plan (no CPU constraints), fbgemm-gpu's fused CUDA
+    kernels and a 1-process nccl group. The loss curve follows the same run on the CPU (gloo,
+    fused CPU kernels), and the export, loaded in a fresh CPU process, gives the run's test metrics."""
+    from pipelines import train_i2i
+    from tests.test_train_i2i import _args, _finish, _fresh_export_metrics, _launch, _report
+
+    args = _args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
+    report = train_i2i.run(compose_cfg("train_i2i", args))
+    gpu = report["training"]["mtmh_lam1"]
+    assert gpu["device"] == "cuda:0", gpu["device"]
+    assert gpu["plan"], "no sharding plan recorded"
+    print("GPU plan:", gpu["plan"])
+    _finish(_launch(args, tmp_path / "cpu", env={"CUDA_VISIBLE_DEVICES": ""}))
+    cpu = _report(tmp_path / "cpu")["training"]["mtmh_lam1"]
+    assert cpu["device"] == "cpu"
+    print(
+        "loss GPU",
+        np.round(gpu["loss_curve"], 5).tolist(),
+        "\nloss CPU",
+        np.round(cpu["loss_curve"], 5).tolist(),
+    )
+    np.testing.assert_allclose(gpu["loss_curve"], cpu["loss_curve"], rtol=1e-2, atol=1e-3)
+    assert gpu["loss_curve"][-1] < gpu["loss_curve"][0]
+
+    sel = report["selection"]["mtmh"]
+    fresh = _fresh_export_metrics(tmp_path / "out", sel, env={"CUDA_VISIBLE_DEVICES": ""})
+    row = report["methods"][f"mtmh (K1/K={sel['share']:g}, lambda={sel['lam']:g})"]
+    for key, value in row.items():
+        assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+
+
+def test_trainable_content_trains_on_the_gpu(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """The embedder with LoRA inside the sharded model, on the GPU; the export encodes on the CPU."""
+    from pipelines import train_i2i
+    from tests.test_train_i2i import _args
+    from tte_recsys.training.export import load_export
+
+    args = _args(
+        tiny_qwen_dir,
+        "model.content=trainable",
+        "trainer.max_steps=6",
+        "trainer.eval_every=3",
+        "compare.single_head=false",
+        "compare.id_only=false",
+    )
+    report = train_i2i.run(compose_cfg("train_i2i", args))
+    run = report["training"]["mtmh_lam1"]
+    assert run["device"] == "cuda:0" and len(run["loss_curve"]) == 6 and all(np.isfinite(run["loss_curve"]))
+    v = load_export(tmp_path / "out" / "export").encode(np.arange(5))
+    assert np.allclose(np.linalg.norm(v["coeng"], axis=1), 1.0, atol=1e-5)

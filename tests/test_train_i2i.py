@@ -29,11 +29,13 @@ def _args(model: Path, *extra: str) -> list[str]:
     return ["debug=tiny", f"embedder.model_path={model}", "embedder.pooling=last", *extra]
 
 
-def _launch(args: list[str], out: Path, nproc: int = 1) -> subprocess.Popen[str]:
+def _launch(
+    args: list[str], out: Path, nproc: int = 1, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "pipelines.train_i2i", *args, f"hydra.run.dir={out}"]
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -44,6 +46,44 @@ def _finish(p: subprocess.Popen[str]) -> None:
 
 def _report(out: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((out / "report.json").read_text())
+
+
+def _fresh_export_metrics(out: Path, sel: dict, env: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+    """Test metrics of ``out``'s export, loaded in a fresh process without TorchRec sharding and
+    served with the run's selected quota and popularity prior."""
+    code = f"""
+import json, sys
+from tte_recsys.training.export import load_export
+from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
+from tte_recsys.evaluation.protocol import evaluate_retriever
+from tte_recsys.config import EvalConfig
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.data.split import temporal_split
+from tte_recsys.runs import data_configs, load_dataset
+from omegaconf import OmegaConf
+import torch.distributed as dist
+cfg = OmegaConf.load({str(out / "config.yaml")!r})
+m = load_export({str(out / "export")!r})
+assert not dist.is_initialized()
+ds = load_dataset(cfg.data)
+p, s, l = data_configs(cfg.data)
+split = temporal_split(ds, p, s)
+want = popularity_bias(split.item_counts, {sel["pop_prior"]!r})
+assert (m.item_bias is None) == (want is None) and (want is None or (m.item_bias == want).all())
+r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x", item_bias=m.item_bias)
+print(json.dumps(evaluate_retriever(r, split.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, EvalConfig(**cfg.eval))))
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_tiny_run_reports_and_exports(
@@ -79,39 +119,7 @@ def test_tiny_run_reports_and_exports(
 
     # The export, loaded in a fresh process without TorchRec sharding, reproduces the trained
     # model's test metrics exactly (they were computed from the in-memory vectors).
-    code = f"""
-import json, sys
-from tte_recsys.training.export import load_export
-from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
-from tte_recsys.evaluation.protocol import evaluate_retriever
-from tte_recsys.config import EvalConfig
-from tte_recsys.data.labels import RelevanceLabeler
-from tte_recsys.data.split import temporal_split
-from tte_recsys.runs import data_configs, load_dataset
-from omegaconf import OmegaConf
-import torch.distributed as dist
-cfg = OmegaConf.load({str(out / "config.yaml")!r})
-m = load_export({str(out / "export")!r})
-assert not dist.is_initialized()
-ds = load_dataset(cfg.data)
-p, s, l = data_configs(cfg.data)
-split = temporal_split(ds, p, s)
-want = popularity_bias(split.item_counts, {sel["pop_prior"]!r})
-assert (m.item_bias is None) == (want is None) and (want is None or (m.item_bias == want).all())
-r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x", item_bias=m.item_bias)
-print(json.dumps(evaluate_retriever(r, split.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, EvalConfig(**cfg.eval))))
-"""
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    fresh = json.loads(res.stdout.strip().splitlines()[-1])
+    fresh = _fresh_export_metrics(out, sel)
     for key, value in methods[row].items():
         assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
 

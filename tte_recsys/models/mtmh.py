@@ -187,7 +187,9 @@ class FrozenContent(ContentTower):
         self.dim = int(table.shape[1])
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.table.to(codes.device)[codes]
+        if self.table.device != codes.device:  # moved once, on the first batch (not every step)
+            self.table = self.table.to(codes.device)
+        return self.table[codes]
 
 
 class TrainableContent(ContentTower):

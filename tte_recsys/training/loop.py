@@ -88,6 +88,8 @@ class TrainResult:
         valid: per validation, ``{"step": ..., **metrics}``.
         steps_per_sec: training throughput of this run (data loading included, validation excluded).
         stopped_early: whether patience ran out before ``max_steps``.
+        device: where the model trained (``cpu``, ``cuda:0``).
+        plan: table -> sharding type and ranks, as the planner chose them.
     """
 
     best_state: dict[str, torch.Tensor] | None
@@ -97,6 +99,8 @@ class TrainResult:
     valid: list[dict[str, float]] = field(default_factory=list)
     steps_per_sec: float = float("nan")
     stopped_early: bool = False
+    device: str = "cpu"
+    plan: dict[str, str] = field(default_factory=dict)
 
 
 def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -106,7 +110,7 @@ def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
 
 def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
     keys = sorted(values)
-    t = torch.stack([values[k].detach().float().cpu() for k in keys])
+    t = torch.stack([values[k].detach().float() for k in keys])  # on the training device (nccl: CUDA)
     if world > 1:
         dist.all_reduce(t)
         t /= world
@@ -116,7 +120,7 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, f
 def _broadcast(value: float, world: int) -> float:
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=local_device())
     dist.broadcast(t, src=0)
     return float(t.item())
 
@@ -152,7 +156,9 @@ def fit(
     log.info("sharding plan: %s", sharded.plan)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     best_path = ckpt_dir / "best.safetensors"
-    result = TrainResult(best_state=None, best_step=-1, best_score=-math.inf)
+    result = TrainResult(
+        best_state=None, best_step=-1, best_score=-math.inf, device=str(device), plan=sharded.plan
+    )
     bad, start = 0, 0
     if resume and (ck := latest_checkpoint(ckpt_dir)) is not None:
         manifest = load_checkpoint(ck, sharded, rank, world)

@@ -29,7 +29,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from tte_recsys.distributed import init_from_env
+from tte_recsys.distributed import init_from_env, local_device
 from tte_recsys.models.mtmh import MTMHModel
 
 __all__ = [
@@ -58,11 +58,16 @@ logging.getLogger().addFilter(_NoKernelDumps())
 
 
 def process_group() -> tuple[int, int]:
-    """(rank, world_size), with a process group in every case: torchrun's, or a 1-process gloo
-    group (DistributedModelParallel needs one even alone)."""
+    """(rank, world_size), with a process group in every case: torchrun's, or a 1-process group
+    (DistributedModelParallel needs one even alone): gloo on CPU, nccl on this process's GPU
+    (TorchRec's input and output dists move CUDA tensors, which gloo cannot)."""
     rank, world = init_from_env()
     if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        device = local_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return rank, world
 
 
@@ -160,10 +165,12 @@ def unsharded_state(dmp: nn.Module) -> dict[str, torch.Tensor] | None:
     out: dict[str, torch.Tensor] = {}
     for name, t in dmp.state_dict().items():
         if isinstance(t, ShardedTensor):
-            full = torch.empty(t.size(), dtype=t.dtype) if rank == 0 else None
+            # gathered on the shards' device (nccl moves CUDA tensors only), then to the CPU
+            device = t.local_shards()[0].tensor.device if t.local_shards() else local_device()
+            full = torch.empty(t.size(), dtype=t.dtype, device=device) if rank == 0 else None
             t.gather(dst=0, out=full)
             if full is not None:
-                out[name] = full
+                out[name] = full.cpu()
         elif rank == 0:
             out[name] = t.detach().cpu().clone()
     return out if rank == 0 else None
