@@ -8,7 +8,7 @@
 
 Prints steps/s and the ratios full/bare (target >= 0.8) and torchrec/plain (target >= 1), each the
 median over interleaved rounds.
-    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3]
+    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader processes of the full loop")
     ap.add_argument(
         "--content", default="outputs/emb/movielens_plain", help="embed_items folder (else random vectors)"
     )
@@ -165,11 +166,13 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     heads = list(mcfg.heads)
     src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
     tcfg = TrainerConfig(
-        batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=1
+        batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=args.workers
     )
     batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
     ne = features.num_embeddings()
-    print(f"\n### id table {ne['item_id']:,} rows x 64 (+ genres {ne['genres']} x 16)")
+    print(
+        f"\n### id table {ne['item_id']:,} rows x 64 (+ genres {ne['genres']} x 16), {args.workers} loader worker(s)"
+    )
 
     def full_loop() -> float:
         """1. the full loop, data loading included (a fresh model each round)."""

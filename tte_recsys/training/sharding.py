@@ -92,7 +92,7 @@ class _NoDataParallel(DataParallelWrapper):
     """One process: nothing to all-reduce, so the dense part is not wrapped in DDP."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
-        return None
+        dmp._dmp_wrapped_module.to(device)  # the dense part, as torchrec's DDP wrapper does
 
 
 def shard_model(
@@ -157,6 +157,8 @@ def init_tables(dmp: nn.Module, seed: int) -> None:
             for shard in t.local_shards():
                 (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
                 shard.tensor.copy_(full[r0 : r0 + nr, c0 : c0 + nc].to(shard.tensor.device))
+        elif name.startswith("ebc.embedding_bags."):  # a table the GPU planner made data-parallel
+            t.copy_(_table_init(name, t.size(), seed).to(t.device))
 
 
 def unsharded_state(dmp: nn.Module) -> dict[str, torch.Tensor] | None:
