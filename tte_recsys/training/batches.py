@@ -44,14 +44,26 @@ class Batch:
     log_q: torch.Tensor
     mask: torch.Tensor
 
-    def to(self, device: torch.device) -> Batch:
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        nb = non_blocking
         return Batch(
-            self.features.to(device),
-            self.codes.to(device),
-            self.pos.to(device),
-            None if self.labels is None else self.labels.to(device),
-            self.log_q.to(device),
-            self.mask.to(device),
+            self.features.to(device, non_blocking=nb),
+            self.codes.to(device, non_blocking=nb),
+            self.pos.to(device, non_blocking=nb),
+            None if self.labels is None else self.labels.to(device, non_blocking=nb),
+            self.log_q.to(device, non_blocking=nb),
+            self.mask.to(device, non_blocking=nb),
+        )
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked memory, so ``to(cuda, non_blocking=True)`` does not stall the host."""
+        return Batch(
+            self.features.pin_memory(),
+            self.codes.pin_memory(),
+            self.pos.pin_memory(),
+            None if self.labels is None else self.labels.pin_memory(),
+            self.log_q.pin_memory(),
+            self.mask.pin_memory(),
         )
 
 

@@ -108,13 +108,22 @@ def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
     return t if world == 1 else torch.cat(dist_fn.all_gather(t), dim=0)
 
 
-def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
-    keys = sorted(values)
-    t = torch.stack([values[k].detach().float() for k in keys])  # on the training device (nccl: CUDA)
-    if world > 1:
+# Loss terms are read back to the host every this many steps (and before each validation and
+# checkpoint), not every step: reading a GPU value waits for the step to finish, which would keep
+# the host from queueing the next step while the GPU runs this one.
+READ_EVERY = 16
+
+
+def _mean_over_ranks(pending: list[dict[str, torch.Tensor]], world: int) -> list[dict[str, float]]:
+    """Per step, the mean over ranks of each loss term; one collective and one read for all steps."""
+    if not pending:
+        return []
+    keys = sorted(pending[0])
+    t = torch.stack([torch.stack([v[k].float() for k in keys]) for v in pending])  # (steps, terms)
+    if world > 1:  # on the training device (nccl: CUDA)
         dist.all_reduce(t)
         t /= world
-    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+    return [dict(zip(keys, row, strict=True)) for row in t.tolist()]
 
 
 def _broadcast(value: float, world: int) -> float:
@@ -173,9 +182,26 @@ def fit(
     bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=rank != 0, dynamic_ncols=True)
     train_time, timed_steps = 0.0, 0
     step = start
+    pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps not yet read back
+
+    def read_losses() -> None:
+        first = step - len(pending) + 1
+        for i, logged in enumerate(_mean_over_ranks(pending, world)):
+            if not math.isfinite(logged["loss"]):
+                raise FloatingPointError(
+                    f"loss is {logged['loss']} at step {first + i}: lower trainer.*_lr or loss temperatures"
+                )
+            result.losses.append({"step": first + i, **logged})
+        pending.clear()
+        if result.losses:
+            rate = float(bar.format_dict.get("rate") or 0.0)
+            loss = result.losses[-1]["loss"]
+            bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}")
+
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU without stalling the host
     t0 = time.perf_counter()
     for batch in batch_loader(batches, start, cfg.max_steps, cfg.num_workers):
-        batch = batch.to(device)
+        batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
         emb = sharded.dmp(batch.features, batch.codes)
         b = len(batch.pos)
         query = {h: emb[h][:b] for h in heads}
@@ -185,20 +211,19 @@ def fit(
         terms["loss"].backward()
         sharded.optimizer.step()
         step += 1
-        logged = _mean_over_ranks(terms, world)
-        if not math.isfinite(logged["loss"]):
-            raise FloatingPointError(
-                f"loss is {logged['loss']} at step {step}: lower trainer.*_lr or loss temperatures"
-            )
-        result.losses.append({"step": step, **logged})
+        pending.append({k: v.detach() for k, v in terms.items()})
         bar.update(1)
-        rate = float(bar.format_dict.get("rate") or 0.0)
-        bar.set_postfix(loss=f"{logged['loss']:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}")
+        validating = (
+            validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)
+        )
+        checkpointing = cfg.ckpt_every and step % cfg.ckpt_every == 0
+        if validating or checkpointing or step % READ_EVERY == 0 or step == cfg.max_steps:
+            read_losses()
         now = time.perf_counter()
         train_time += now - t0
         timed_steps += 1
         stop = False
-        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if validating and validate is not None:
             state = unsharded_state(sharded.dmp)
             score, metrics = validate(state) if state is not None else (0.0, {})
             score = _broadcast(score, world)
@@ -214,6 +239,7 @@ def fit(
             log.info("step %d valid %.4f (best %.4f at %d)", step, score, result.best_score, result.best_step)
             stop = bad >= cfg.patience
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or stop):
+            read_losses()  # a stop between reads
             loop = {
                 "bad": bad,
                 "best_step": result.best_step,
@@ -226,6 +252,7 @@ def fit(
             result.stopped_early = True
             break
         t0 = time.perf_counter()
+    read_losses()
     bar.close()
     result.steps_per_sec = timed_steps / train_time if train_time > 0 else float("nan")
     if validate is None or not cfg.eval_every or result.best_step < 0:  # unvalidated: the last state

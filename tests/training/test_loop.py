@@ -1,0 +1,55 @@
+"""The training loop's loss log: read back from the device in blocks of steps (not every step),
+every step recorded in order, and a non-finite loss named with the step where it happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_dataset
+from tte_recsys.losses.mtmh import LossConfig
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
+from tte_recsys.training import loop
+from tte_recsys.training.batches import PairBatches
+from tte_recsys.training.loop import READ_EVERY, TrainerConfig, fit
+
+STEPS = 2 * READ_EVERY + 3  # two full blocks and a partial one
+
+
+def _fit(tmp_path: Path) -> loop.TrainResult:
+    ds = make_dataset([("u", i, t) for t, i in enumerate("abcdefgh")], {i: [] for i in "abcdefgh"})
+    f = ItemFeatures.from_items(ds.items, [])
+    rng = np.random.default_rng(0)
+    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, None, batch_size=8)
+    torch.manual_seed(0)
+    model = MTMHModel(
+        ModelConfig(heads=("coeng",), content="none", hidden=(8,)), f.num_embeddings(), device="meta"
+    )
+    cfg = TrainerConfig(batch_size=8, max_steps=STEPS, eval_every=0, ckpt_every=0, num_workers=0)
+    return fit(model, batches, cfg, LossConfig(lam=0.0, alpha=0.0), tmp_path / "ck")
+
+
+def test_every_step_is_logged_in_order(tmp_path: Path) -> None:
+    res = _fit(tmp_path)
+    assert [x["step"] for x in res.losses] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(x["loss"]) for x in res.losses)
+    assert res.losses[-1]["loss"] < res.losses[0]["loss"]
+
+
+def test_a_non_finite_loss_names_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = loop.mtmh_loss, []
+
+    def nan_at_step_5(*args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        terms = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == 5:  # read back with steps 1-16: the error must still say step 5
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(loop, "mtmh_loss", nan_at_step_5)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 5: lower trainer"):
+        _fit(tmp_path)
