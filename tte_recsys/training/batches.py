@@ -150,7 +150,7 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
 
 
 def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
-    """Worker arrays -> a :class:`Batch` (the KJT is built here, in the main process)."""
+    """Batch arrays -> a :class:`Batch` (in the loader's worker; see :func:`batch_loader`)."""
     labels = arrays.get("labels")
     return Batch(
         features=features.kjt_from_arrays(arrays["values"], arrays["lengths"]),
@@ -162,15 +162,34 @@ def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
     )
 
 
-def batch_loader(batches: PairBatches, start: int, stop: int, num_workers: int) -> Iterator[Batch]:
-    """Batches for global steps ``start .. stop - 1``, prepared by ``num_workers`` worker processes."""
+class _Collated(Dataset[Batch]):
+    """Step -> the finished :class:`Batch`, KJT included, built in the loader's worker."""
+
+    def __init__(self, batches: PairBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, step: int) -> Batch:
+        return collate(self.batches.features, self.batches[step])
+
+
+def batch_loader(
+    batches: PairBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
+) -> Iterator[Batch]:
+    """Batches for global steps ``start .. stop - 1``, prepared by ``num_workers`` worker processes.
+
+    ``pin_memory``: the loader's thread copies each batch to page-locked memory, so that
+    ``Batch.to(cuda, non_blocking=True)`` neither stalls the host nor waits for the GPU.
+    """
     loader = DataLoader(
-        batches,
+        _Collated(batches),
         batch_size=None,  # items are whole batches already
         sampler=range(start, stop),
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
-    for arrays in loader:
-        yield collate(batches.features, {k: np.asarray(v) for k, v in arrays.items()})
+    yield from loader
