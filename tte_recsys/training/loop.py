@@ -86,7 +86,8 @@ class TrainResult:
         best_step, best_score: where and what the selection metric peaked.
         losses: per step, the global-batch mean of each loss term.
         valid: per validation, ``{"step": ..., **metrics}``.
-        steps_per_sec: training throughput of this run (data loading included, validation excluded).
+        steps_per_sec: training throughput of this run (data loading included; validation and the first
+            ``WARMUP_STEPS`` steps excluded).
         stopped_early: whether patience ran out before ``max_steps``.
         device: where the model trained (``cpu``, ``cuda:0``).
         plan: table -> sharding type and ranks, as the planner chose them.
@@ -112,6 +113,8 @@ def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
 # checkpoint), not every step: reading a GPU value waits for the step to finish, which would keep
 # the host from queueing the next step while the GPU runs this one.
 READ_EVERY = 16
+# Steps left out of steps_per_sec: loader start-up, lazy CUDA kernel loading, allocator growth.
+WARMUP_STEPS = 5
 
 
 def _mean_over_ranks(pending: list[dict[str, torch.Tensor]], world: int) -> list[dict[str, float]]:
@@ -220,8 +223,9 @@ def fit(
         if validating or checkpointing or step % READ_EVERY == 0 or step == cfg.max_steps:
             read_losses()
         now = time.perf_counter()
-        train_time += now - t0
-        timed_steps += 1
+        if step - start > WARMUP_STEPS or cfg.max_steps - start <= WARMUP_STEPS:
+            train_time += now - t0
+            timed_steps += 1
         stop = False
         if validating and validate is not None:
             state = unsharded_state(sharded.dmp)
