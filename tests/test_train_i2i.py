@@ -167,9 +167,11 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: P
     )
 
 
-def test_trainable_content_with_lora(
+def trainable_content_run(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
-) -> None:
+) -> dict:  # type: ignore[type-arg]
+    """``model.content=trainable`` (the embedder with LoRA inside the model) for 6 steps: it trains
+    and its export encodes unit vectors. Returns the report (tests/test_gpu.py runs it on a GPU)."""
     from tte_recsys.training.export import load_export
 
     args = _args(
@@ -185,6 +187,16 @@ def test_trainable_content_with_lora(
     m = load_export(tmp_path / "out" / "export")
     v = m.encode(np.arange(5))
     assert set(v) == {"coeng", "semantic"} and np.allclose(np.linalg.norm(v["coeng"], axis=1), 1.0, atol=1e-5)
+    return report  # type: ignore[no-any-return]
+
+
+def test_trainable_content_with_lora(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    assert (
+        trainable_content_run(compose_cfg, tiny_qwen_dir, tmp_path)["training"]["mtmh_lam1"]["device"]
+        == "cpu"
+    )
 
 
 def test_think_then_embed_with_a_reasoner(
