@@ -7,7 +7,9 @@
    plain-PyTorch recipe; and dense gradients + Adam) instead of TorchRec, on the same batches.
 
 Prints steps/s and the ratios full/bare (target >= 0.8) and torchrec/plain (target >= 1), each the
-median over interleaved rounds.
+median over interleaved rounds. Runs on this process's GPU where there is one (the planner's own
+plan, fbgemm-gpu's kernels, a 1-process nccl group), else on the CPU; on a GPU machine pass
+``--workers 4`` or more, since one worker cannot build batches as fast as the GPU trains.
     python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers 1]
 """
 
