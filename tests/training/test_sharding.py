@@ -1,25 +1,38 @@
 """Tables start from the same seeded weights whichever way the planner shards them: table-wise
-(the CPU plan) or data-parallel (a plan the GPU planner may choose), through the same gather."""
+(the CPU plan) or data-parallel (a plan the GPU planner may choose), through the same gather; and a
+data-parallel run resumes exactly, like a table-wise one (tests/test_train_i2i.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torchrec.distributed.planner.types import ParameterConstraints
 
-from tte_recsys.models.mtmh import ModelConfig, MTMHModel
+from tests.conftest import make_dataset
+from tte_recsys.losses.mtmh import LossConfig
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.training import sharding
+from tte_recsys.training.batches import PairBatches
+from tte_recsys.training.loop import TrainerConfig, TrainResult, fit
 from tte_recsys.training.sharding import init_tables, process_group, shard_model, unsharded_state
+
+
+def _force_data_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU constraints, with the sharding type swapped for data-parallel."""
+
+    def constraints(**kw: object) -> ParameterConstraints:
+        return ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"])
+
+    monkeypatch.setattr(sharding, "ParameterConstraints", constraints)
 
 
 @pytest.mark.parametrize("plan", ["table_wise", "data_parallel"])
 def test_tables_start_from_the_seeded_weights(plan: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if plan == "data_parallel":  # the CPU constraints, with the sharding type swapped
-
-        def constraints(**kw: object) -> ParameterConstraints:
-            return ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"])
-
-        monkeypatch.setattr(sharding, "ParameterConstraints", constraints)
+    if plan == "data_parallel":
+        _force_data_parallel(monkeypatch)
     process_group()
     model = MTMHModel(
         ModelConfig(heads=("coeng",), content="none", hidden=(8,)),
@@ -34,3 +47,29 @@ def test_tables_start_from_the_seeded_weights(plan: str, monkeypatch: pytest.Mon
     for name in ("ebc.embedding_bags.t_item_id.weight", "ebc.embedding_bags.t_genres.weight"):
         want = sharding._table_init(name, state[name].shape, 7)
         torch.testing.assert_close(state[name], want, rtol=0, atol=0)
+
+
+def test_a_data_parallel_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _force_data_parallel(monkeypatch)
+    ds = make_dataset(
+        [("u", i, t) for t, i in enumerate("abcdefgh")], {i: ["x" if i < "e" else "y"] for i in "abcdefgh"}
+    )
+    f = ItemFeatures.from_items(ds.items, ["genres"])
+    rng = np.random.default_rng(0)
+    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, None, batch_size=8)
+
+    def run(ck: Path, steps: int, resume: bool) -> TrainResult:
+        torch.manual_seed(0)
+        cfg = ModelConfig(heads=("coeng",), content="none", hidden=(8,), features=("genres",))
+        model = MTMHModel(cfg, f.num_embeddings(), device="meta")
+        tc = TrainerConfig(batch_size=8, max_steps=steps, eval_every=0, ckpt_every=5, num_workers=0)
+        return fit(model, batches, tc, LossConfig(lam=0.0, alpha=0.0), ck, resume=resume)
+
+    full = run(tmp_path / "full", 20, resume=False)
+    run(tmp_path / "cut", 10, resume=False)
+    resumed = run(tmp_path / "cut", 20, resume=True)
+    assert set(full.plan.values()) == {"data_parallel ranks [0]"}
+    assert resumed.losses == full.losses
+    assert full.best_state is not None and resumed.best_state is not None
+    for name, t in full.best_state.items():
+        torch.testing.assert_close(resumed.best_state[name], t, rtol=0, atol=0)
