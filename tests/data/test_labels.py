@@ -43,6 +43,19 @@ def test_weighted_fields_and_matrix_agree_with_pairs() -> None:
     )
 
 
+@pytest.mark.parametrize("dense_vocab", [64, 0])  # genres/brand take the dense path, then the sparse one
+def test_batch_label_matrix_by_hand_on_both_paths(dense_vocab: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(labels, "_DENSE_VOCAB", dense_vocab)
+    lab = RelevanceLabeler.from_dataset(_ds(), LabelConfig(fields={"genres": 1.0, "brand": 3.0}))
+    assert all((d is not None) == (dense_vocab > 0) for d in lab._dense)
+    got = lab.cross(np.array([0, 2]), np.array([1, 2, 3, 0]))
+    # row 0 {a,b}/{x}: vs 1 {b,c}/{x} (1/3 + 3)/4; vs 2 {}/{y} 0; vs 3 {a,b}/{} 1/4; vs itself 1
+    # row 2 {}/{y}: vs 1 0; vs itself (empty genres give 0, brand 1) 3/4; vs 3 0 (both empty: 0); vs 0 0
+    want = [[(1 / 3 + 3) / 4, 0, 1 / 4, 1], [0, 3 / 4, 0, 0]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.dtype == np.float32
+
+
 def test_relation_labels_are_symmetric() -> None:
     ds = _ds()
     rel = pl.DataFrame({"src_item_id": ["1"], "dst_item_id": ["3"], "relation": ["also_viewed"]})
