@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset
 from torchrec import KeyedJaggedTensor
 
@@ -175,6 +176,13 @@ class _Collated(Dataset[Batch]):
         return collate(self.batches.features, self.batches[step])
 
 
+def _worker_init(worker_id: int) -> None:
+    """One BLAS thread per loader worker. The batch's label matrix is a BLAS product (genre
+    incidence, teacher vectors); at numpy's default thread count a worker competes with the
+    training threads: on 2 cores the full loop ran at 0.6x the bare step, against 0.95x with this."""
+    threadpool_limits(1)
+
+
 def batch_loader(
     batches: PairBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
 ) -> Iterator[Batch]:
@@ -191,5 +199,6 @@ def batch_loader(
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
         pin_memory=pin_memory,
+        worker_init_fn=_worker_init,
     )
     yield from loader
