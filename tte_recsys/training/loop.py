@@ -242,8 +242,7 @@ def fit(
                 bad += 1
             log.info("step %d valid %.4f (best %.4f at %d)", step, score, result.best_score, result.best_step)
             stop = bad >= cfg.patience
-        if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or stop):
-            read_losses()  # a stop between reads
+        if checkpointing or (cfg.ckpt_every and stop):  # losses were read with the validation
             loop = {
                 "bad": bad,
                 "best_step": result.best_step,
