@@ -10,8 +10,9 @@ Everything here is numpy (no polars in workers: pitfalls.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,27 +46,20 @@ class Batch:
     log_q: torch.Tensor
     mask: torch.Tensor
 
+    def _map(self, fn: Callable[[Any], Any]) -> Batch:
+        """``fn`` applied to every tensor (and the KJT, which has the same ``to``/``pin_memory``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = None if v is None else fn(v)
+        return Batch(**out)
+
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        nb = non_blocking
-        return Batch(
-            self.features.to(device, non_blocking=nb),
-            self.codes.to(device, non_blocking=nb),
-            self.pos.to(device, non_blocking=nb),
-            None if self.labels is None else self.labels.to(device, non_blocking=nb),
-            self.log_q.to(device, non_blocking=nb),
-            self.mask.to(device, non_blocking=nb),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """A copy in page-locked memory, so ``to(cuda, non_blocking=True)`` does not stall the host."""
-        return Batch(
-            self.features.pin_memory(),
-            self.codes.pin_memory(),
-            self.pos.pin_memory(),
-            None if self.labels is None else self.labels.pin_memory(),
-            self.log_q.pin_memory(),
-            self.mask.pin_memory(),
-        )
+        return self._map(lambda t: t.pin_memory())
 
 
 class PairBatches(Dataset[dict[str, np.ndarray]]):
