@@ -9,7 +9,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_objects", "barrier", "init_from_env", "local_device", "resolve_device", "shutdown"]
+__all__ = [
+    "all_gather_objects",
+    "backend",
+    "barrier",
+    "init_from_env",
+    "local_device",
+    "resolve_device",
+    "shutdown",
+]
 
 
 def init_from_env() -> tuple[int, int]:
@@ -17,10 +25,18 @@ def init_from_env() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():  # one GPU per process: nccl needs it set before the group
-            torch.cuda.set_device(local_device())
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend())
     return rank, world
+
+
+def backend() -> str:
+    """The process group backend for this process: nccl on its GPU (which it sets as the current
+    device: nccl needs that before the group), gloo on CPU."""
+    device = local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        return "nccl"
+    return "gloo"
 
 
 def local_device() -> torch.device:

@@ -29,7 +29,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from tte_recsys.distributed import init_from_env, local_device
+from tte_recsys.distributed import backend, init_from_env, local_device
 from tte_recsys.models.mtmh import MTMHModel
 
 __all__ = [
@@ -63,11 +63,7 @@ def process_group() -> tuple[int, int]:
     (TorchRec's input and output dists move CUDA tensors, which gloo cannot)."""
     rank, world = init_from_env()
     if not dist.is_initialized():
-        device = local_device()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend(), store=dist.HashStore(), rank=0, world_size=1)
     return rank, world
 
 
