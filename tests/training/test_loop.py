@@ -20,21 +20,25 @@ from tte_recsys.training.loop import READ_EVERY, TrainerConfig, fit
 STEPS = 2 * READ_EVERY + 3  # two full blocks and a partial one
 
 
-def _fit(tmp_path: Path) -> loop.TrainResult:
-    ds = make_dataset([("u", i, t) for t, i in enumerate("abcdefgh")], {i: [] for i in "abcdefgh"})
-    f = ItemFeatures.from_items(ds.items, [])
+def tiny_fit(
+    ckpt_dir: Path, steps: int = STEPS, resume: bool = False, ckpt_every: int = 0
+) -> loop.TrainResult:
+    """A 1-head, content-free model on 8 items (ids and a 2-value genre), 8 pairs per step, seeded."""
+    ds = make_dataset(
+        [("u", i, t) for t, i in enumerate("abcdefgh")], {i: ["x" if i < "e" else "y"] for i in "abcdefgh"}
+    )
+    f = ItemFeatures.from_items(ds.items, ["genres"])
     rng = np.random.default_rng(0)
     batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, None, batch_size=8)
     torch.manual_seed(0)
-    model = MTMHModel(
-        ModelConfig(heads=("coeng",), content="none", hidden=(8,)), f.num_embeddings(), device="meta"
-    )
-    cfg = TrainerConfig(batch_size=8, max_steps=STEPS, eval_every=0, ckpt_every=0, num_workers=0)
-    return fit(model, batches, cfg, LossConfig(lam=0.0, alpha=0.0), tmp_path / "ck")
+    cfg = ModelConfig(heads=("coeng",), content="none", hidden=(8,), features=("genres",))
+    model = MTMHModel(cfg, f.num_embeddings(), device="meta")
+    tc = TrainerConfig(batch_size=8, max_steps=steps, eval_every=0, ckpt_every=ckpt_every, num_workers=0)
+    return fit(model, batches, tc, LossConfig(lam=0.0, alpha=0.0), ckpt_dir, resume=resume)
 
 
 def test_every_step_is_logged_in_order(tmp_path: Path) -> None:
-    res = _fit(tmp_path)
+    res = tiny_fit(tmp_path / "ck")
     assert [x["step"] for x in res.losses] == list(range(1, STEPS + 1))
     assert all(np.isfinite(x["loss"]) for x in res.losses)
     assert res.losses[-1]["loss"] < res.losses[0]["loss"]
@@ -52,4 +56,4 @@ def test_a_non_finite_loss_names_its_step(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(loop, "mtmh_loss", nan_at_step_5)
     with pytest.raises(FloatingPointError, match="loss is nan at step 5: lower trainer"):
-        _fit(tmp_path)
+        tiny_fit(tmp_path / "ck")

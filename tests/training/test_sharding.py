@@ -6,17 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchrec.distributed.planner.types import ParameterConstraints
 
-from tests.conftest import make_dataset
-from tte_recsys.losses.mtmh import LossConfig
-from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
+from tests.training.test_loop import tiny_fit
+from tte_recsys.models.mtmh import ModelConfig, MTMHModel
 from tte_recsys.training import sharding
-from tte_recsys.training.batches import PairBatches
-from tte_recsys.training.loop import TrainerConfig, TrainResult, fit
 from tte_recsys.training.sharding import init_tables, process_group, shard_model, unsharded_state
 
 
@@ -51,23 +47,9 @@ def test_tables_start_from_the_seeded_weights(plan: str, monkeypatch: pytest.Mon
 
 def test_a_data_parallel_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _force_data_parallel(monkeypatch)
-    ds = make_dataset(
-        [("u", i, t) for t, i in enumerate("abcdefgh")], {i: ["x" if i < "e" else "y"] for i in "abcdefgh"}
-    )
-    f = ItemFeatures.from_items(ds.items, ["genres"])
-    rng = np.random.default_rng(0)
-    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, None, batch_size=8)
-
-    def run(ck: Path, steps: int, resume: bool) -> TrainResult:
-        torch.manual_seed(0)
-        cfg = ModelConfig(heads=("coeng",), content="none", hidden=(8,), features=("genres",))
-        model = MTMHModel(cfg, f.num_embeddings(), device="meta")
-        tc = TrainerConfig(batch_size=8, max_steps=steps, eval_every=0, ckpt_every=5, num_workers=0)
-        return fit(model, batches, tc, LossConfig(lam=0.0, alpha=0.0), ck, resume=resume)
-
-    full = run(tmp_path / "full", 20, resume=False)
-    run(tmp_path / "cut", 10, resume=False)
-    resumed = run(tmp_path / "cut", 20, resume=True)
+    full = tiny_fit(tmp_path / "full", 20, ckpt_every=5)
+    tiny_fit(tmp_path / "cut", 10, ckpt_every=5)
+    resumed = tiny_fit(tmp_path / "cut", 20, resume=True, ckpt_every=5)
     assert set(full.plan.values()) == {"data_parallel ranks [0]"}
     assert resumed.losses == full.losses
     assert full.best_state is not None and resumed.best_state is not None
