@@ -142,3 +142,17 @@ def test_trainable_content_trains_on_the_gpu(
 
     report = trainable_content_run(compose_cfg, tiny_qwen_dir, tmp_path)
     assert report["training"]["mtmh_lam1"]["device"] == "cuda:0"
+
+
+def test_kill_then_resume_on_the_gpu(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    """``resume=true`` on the GPU: the fused CUDA tables, their optimizer state and the dense Adam
+    state come back from a checkpoint written by a run killed mid-training."""
+    from tests.test_train_i2i import kill_then_resume
+
+    full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
+    assert full["training"]["mtmh_lam1"]["device"] == resumed["training"]["mtmh_lam1"]["device"] == "cuda:0"
+    print("full", full["methods"], "\nresumed", resumed["methods"])
+    np.testing.assert_allclose(
+        resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-5
+    )
+    assert resumed["methods"] == full["methods"]

@@ -136,8 +136,9 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tm
     assert a[-1] < a[0]  # and it learns
 
 
-@pytest.mark.slow
-def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+def kill_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Reports of an uninterrupted run and of the same run killed (SIGKILL, torchrun and its worker)
+    after its step-60 checkpoint, then continued with ``resume=true``."""
     args = _args(
         tiny_qwen_dir,
         "compare.single_head=false",
@@ -160,7 +161,12 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: P
     p.communicate(timeout=60)
     assert not (tmp_path / "killed" / "report.json").exists()
     _finish(_launch([*args, "resume=true"], tmp_path / "killed"))
-    full, resumed = _report(tmp_path / "full"), _report(tmp_path / "killed")
+    return _report(tmp_path / "full"), _report(tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
     assert resumed["methods"] == full["methods"]
     np.testing.assert_allclose(
         resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-6

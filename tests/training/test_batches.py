@@ -9,7 +9,7 @@ from tests.conftest import make_dataset
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
-from tte_recsys.training.batches import PairBatches, collate
+from tte_recsys.training.batches import PackedBatch, PairBatches, batch_loader, collate
 
 GENRES = {"a": ["x", "y"], "b": [], "c": ["y"], "d": ["z"], "e": ["x"]}
 
@@ -71,6 +71,42 @@ def test_log_q_is_target_frequency_and_collate_builds_a_kjt() -> None:
     batch = collate(f, arrays)
     assert batch.features.keys() == ["item_id", "genres"]
     assert batch.features["item_id"].values().tolist() == arrays["codes"].tolist()
+
+
+def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
+    """One buffer crosses from the loader's worker; unpacked, it is every array bit for bit and the
+    KJT ``ItemFeatures`` builds (offsets and per-key lengths included), with or without labels."""
+    ds = _ds()
+    f = ItemFeatures.from_items(ds.items, ["genres"])
+    lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
+    src, dst = np.arange(40) % 5, (np.arange(40) + 2) % 5
+    for labeler in (lab, None):
+        pb = PairBatches(src, dst, f, labeler, batch_size=8, id_dropout=0.3)
+        for step in range(3):
+            arrays = pb[step]
+            packed = PackedBatch.pack(f.names, arrays)
+            assert all(off % 64 == 0 for *_, off in packed.layout)
+            batch = packed.to("cpu")
+            for name in ("codes", "pos", "log_q", "mask", *(["labels"] if labeler else [])):
+                got = getattr(batch, name).numpy()
+                assert got.dtype == arrays[name].dtype and got.shape == arrays[name].shape, name
+                np.testing.assert_array_equal(got, arrays[name])
+            assert (batch.labels is None) == (labeler is None)
+            want = f.kjt_from_arrays(arrays["values"], arrays["lengths"])
+            kjt = batch.features
+            assert kjt.keys() == want.keys() and kjt.stride() == want.stride() == 16
+            for t in ("values", "lengths", "offsets"):
+                assert getattr(kjt, t)().dtype == getattr(want, t)().dtype, t
+                assert getattr(kjt, t)().tolist() == getattr(want, t)().tolist(), t
+            assert kjt.length_per_key() == want.length_per_key()
+            for key in f.names:
+                assert kjt[key].values().tolist() == want[key].values().tolist()
+    # through a loader worker process: the same batches, in step order
+    pb = PairBatches(src, dst, f, lab, batch_size=8)
+    loaded = [b.to("cpu") for b in batch_loader(pb, 2, 6, num_workers=1)]
+    for step, b in zip(range(2, 6), loaded, strict=True):
+        np.testing.assert_array_equal(b.labels.numpy(), pb[step]["labels"])
+        assert b.features.values().tolist() == collate(f, pb[step]).features.values().tolist()
 
 
 def test_batch_errors() -> None:

@@ -203,8 +203,8 @@ def fit(
 
     pin = device.type == "cuda"  # page-locked batches copy to the GPU without stalling the host
     t0 = time.perf_counter()
-    for batch in batch_loader(batches, start, cfg.max_steps, cfg.num_workers, pin_memory=pin):
-        batch = batch.to(device, non_blocking=pin)
+    for packed in batch_loader(batches, start, cfg.max_steps, cfg.num_workers, pin_memory=pin):
+        batch = packed.to(device, non_blocking=pin)
         emb = sharded.dmp(batch.features, batch.codes)
         b = len(batch.pos)
         query = {h: emb[h][:b] for h in heads}
