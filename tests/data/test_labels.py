@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from tests.conftest import make_dataset
 from tte_recsys.artifacts import write_manifest, write_parquet
@@ -54,6 +55,15 @@ def test_batch_label_matrix_by_hand_on_both_paths(dense_vocab: int, monkeypatch:
     want = [[(1 / 3 + 3) / 4, 0, 1 / 4, 1], [0, 3 / 4, 0, 0]]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.dtype == np.float32
+    # the training device's copy (dense fields only) gives the same numbers, bit for bit
+    on_device = lab.on_device("cpu")
+    assert (on_device is None) == (dense_vocab == 0)
+    if on_device is not None:
+        rng = np.random.default_rng(0)
+        r, c = rng.integers(0, 4, 50), rng.integers(0, 4, 70)
+        dev = on_device(torch.from_numpy(r), torch.from_numpy(c))
+        assert dev.dtype == torch.float32
+        np.testing.assert_array_equal(dev.numpy(), lab.cross(r, c))
 
 
 def test_relation_labels_are_symmetric() -> None:
@@ -62,6 +72,7 @@ def test_relation_labels_are_symmetric() -> None:
     ds = Dataset.build("t", ds.items, ds.interactions, rel)
     lab = RelevanceLabeler.from_dataset(ds, LabelConfig(relation="also_viewed"))
     np.testing.assert_array_equal(lab.pairs(np.array([0, 2, 0]), np.array([2, 0, 1])), [1, 1, 0])
+    assert lab.on_device("cpu") is None  # sparse: the loader builds these labels
     with pytest.raises(
         ValueError, match=r"labels.relation='also_bought': dataset 't' has relations \['also_viewed'\]"
     ):
@@ -97,6 +108,11 @@ def test_teacher_labels_are_clipped_cosines(tmp_path: Path, monkeypatch: pytest.
     ids = np.array([0, 1, 2, 3])
     a, b = np.meshgrid(ids, ids, indexing="ij")
     np.testing.assert_allclose(lab.matrix(ids), lab.pairs(a.ravel(), b.ravel()).reshape(4, 4), rtol=1e-6)
+    on_device = lab.on_device("cpu")
+    assert on_device is not None
+    np.testing.assert_allclose(
+        on_device(torch.from_numpy(ids), torch.from_numpy(ids)).numpy(), lab.matrix(ids), atol=1e-6
+    )
 
 
 def test_teacher_folder_errors_name_the_folder_and_items(tmp_path: Path) -> None:

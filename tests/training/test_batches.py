@@ -54,8 +54,13 @@ def test_two_ranks_split_the_one_rank_batch() -> None:
         assert np.concatenate([p["codes"][:4] for p in parts]).tolist() == q.tolist()
         # labels are trigger x every global candidate; the mask marks the positive's duplicates
         t = full["codes"][8:]
+        np.testing.assert_array_equal(full["cand"], t)
+        assert all(p["cand"].tolist() == t.tolist() for p in parts)
         np.testing.assert_array_equal(full["labels"], lab.cross(q, t))
-        np.testing.assert_array_equal(full["mask"], t[:, None] == t[None, :])
+        np.testing.assert_array_equal(collate(f, full).mask.numpy(), t[:, None] == t[None, :])
+        half = collate(f, parts[1]).mask.numpy()
+        np.testing.assert_array_equal(half, t[4:, None] == t[None, :])
+        assert "labels" not in one.arrays(step, labels=False)
     assert not np.array_equal(one.pairs_of_step(0), one.pairs_of_step(5))  # epochs differ
 
 
@@ -87,7 +92,7 @@ def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
             packed = PackedBatch.pack(f.names, arrays)
             assert all(off % 64 == 0 for *_, off in packed.layout)
             batch = packed.to("cpu")
-            for name in ("codes", "pos", "log_q", "mask", *(["labels"] if labeler else [])):
+            for name in ("codes", "pos", "log_q", "cand", *(["labels"] if labeler else [])):
                 got = getattr(batch, name).numpy()
                 assert got.dtype == arrays[name].dtype and got.shape == arrays[name].shape, name
                 np.testing.assert_array_equal(got, arrays[name])

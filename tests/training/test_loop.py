@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import make_dataset
+from tte_recsys.config import LabelConfig
+from tte_recsys.data.labels import DeviceLabels, RelevanceLabeler
 from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.training import loop
@@ -21,20 +23,38 @@ STEPS = 2 * READ_EVERY + 3  # two full blocks and a partial one
 
 
 def tiny_fit(
-    ckpt_dir: Path, steps: int = STEPS, resume: bool = False, ckpt_every: int = 0
+    ckpt_dir: Path,
+    steps: int = STEPS,
+    resume: bool = False,
+    ckpt_every: int = 0,
+    labels_on_device: bool | None = None,
 ) -> loop.TrainResult:
-    """A 1-head, content-free model on 8 items (ids and a 2-value genre), 8 pairs per step, seeded."""
+    """A content-free model on 8 items (ids and a 2-value genre), 8 pairs per step, seeded: one
+    head, or with ``labels_on_device`` set, both heads and genre-Jaccard labels."""
     ds = make_dataset(
-        [("u", i, t) for t, i in enumerate("abcdefgh")], {i: ["x" if i < "e" else "y"] for i in "abcdefgh"}
+        [("u", i, t) for t, i in enumerate("abcdefgh")],
+        {i: ["x" if i < "e" else "y", "z"] if i in "aeg" else ["x" if i < "e" else "y"] for i in "abcdefgh"},
     )
     f = ItemFeatures.from_items(ds.items, ["genres"])
+    lab = None
+    if labels_on_device is not None:
+        lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
     rng = np.random.default_rng(0)
-    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, None, batch_size=8)
+    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, lab, batch_size=8)
     torch.manual_seed(0)
-    cfg = ModelConfig(heads=("coeng",), content="none", hidden=(8,), features=("genres",))
+    heads = ("coeng",) if lab is None else ("coeng", "semantic")
+    cfg = ModelConfig(heads=heads, content="none", hidden=(8,), features=("genres",))
     model = MTMHModel(cfg, f.num_embeddings(), device="meta")
-    tc = TrainerConfig(batch_size=8, max_steps=steps, eval_every=0, ckpt_every=ckpt_every, num_workers=0)
-    return fit(model, batches, tc, LossConfig(lam=0.0, alpha=0.0), ckpt_dir, resume=resume)
+    tc = TrainerConfig(
+        batch_size=8,
+        max_steps=steps,
+        eval_every=0,
+        ckpt_every=ckpt_every,
+        num_workers=0,
+        labels_on_device=labels_on_device,
+    )
+    loss = LossConfig(lam=0.0, alpha=0.0) if lab is None else LossConfig(lam=1.0)
+    return fit(model, batches, tc, loss, ckpt_dir, resume=resume)
 
 
 def test_every_step_is_logged_in_order(tmp_path: Path) -> None:
@@ -57,3 +77,20 @@ def test_a_non_finite_loss_names_its_step(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(loop, "mtmh_loss", nan_at_step_5)
     with pytest.raises(FloatingPointError, match="loss is nan at step 5: lower trainer"):
         tiny_fit(tmp_path / "ck")
+
+
+def test_labels_built_on_the_device_train_exactly_as_the_loaders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The label matrix made on the training device (what a GPU run does) instead of by the loader:
+    the same labels bit for bit, so the same loss curve, semantic terms included."""
+    calls = []
+    build = DeviceLabels.__call__
+    monkeypatch.setattr(DeviceLabels, "__call__", lambda self, r, c: calls.append(1) or build(self, r, c))
+    loader = tiny_fit(tmp_path / "loader", labels_on_device=False)
+    assert not calls
+    device = tiny_fit(tmp_path / "device", labels_on_device=True)
+    assert len(calls) == STEPS
+    assert [r["rel"] for r in loader.losses] == [r["rel"] for r in device.losses]
+    assert loader.losses == device.losses
+    assert len({round(r["rel"], 6) for r in loader.losses}) > 1  # the semantic term is live

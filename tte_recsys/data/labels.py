@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+import torch
 
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.dataset import Dataset
@@ -169,3 +170,45 @@ class RelevanceLabeler:
             else:
                 acc += inter
         return acc if acc is not None else np.zeros((len(rows), len(cols)), dtype=np.float32)
+
+    def on_device(self, device: torch.device | str) -> DeviceLabels | None:
+        """:meth:`cross` as torch ops on ``device``, or None where it has no dense form there
+        (relation labels, fields of more than ``_DENSE_VOCAB`` values)."""
+        if self._relation is not None or any(d is None for d in self._dense):
+            return None
+        return DeviceLabels(self, device)
+
+
+class DeviceLabels:
+    """:meth:`RelevanceLabeler.cross` on one device, for a training batch's label matrix on the GPU.
+
+    A batch's matrix is B x B float32 (64 MB at a batch of 4096): built by the loader on the CPU,
+    it costs the workers a product per batch and the host a copy per step, which bound a GPU run
+    at large batches. Here the item tables (teacher vectors, dense 0/1 field rows) live on the
+    device and a batch's labels are one product per field. Field labels are the same numbers as
+    ``cross`` (products of 0/1 rows are small integers, exact in float32); teacher labels are
+    equal to float rounding.
+    """
+
+    def __init__(self, labeler: RelevanceLabeler, device: torch.device | str) -> None:
+        t = labeler._teacher
+        self._teacher = None if t is None else torch.from_numpy(t).to(device)
+        self._fields = [
+            (
+                torch.from_numpy(np.asarray(d, np.float32)).to(device),
+                torch.from_numpy(np.asarray(size, np.float32)).to(device),
+                w,
+            )
+            for d, size, w in zip(labeler._dense, labeler._sizes, labeler._weights, strict=True)
+        ]
+
+    def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(A,) and (B,) item codes on the device -> (A, B) labels."""
+        if self._teacher is not None:
+            return (self._teacher[rows] @ self._teacher[cols].T).clamp_(0.0, 1.0)
+        acc = torch.zeros(len(rows), len(cols), device=rows.device)
+        for dense, size, w in self._fields:
+            inter = dense[rows] @ dense[cols].T
+            union = size[rows][:, None] + size[cols][None, :] - inter
+            acc += torch.where(union > 0, inter / union, 0.0) * w
+        return acc

@@ -35,9 +35,11 @@ class Batch:
         features: KJT over ``codes`` (this rank's b triggers, then its b targets).
         codes: (2b,) item codes.
         pos: (b,) index of each trigger's own target among the global candidates.
-        labels: (b, B) relevance of each trigger to every global candidate (None: not needed).
+        labels: (b, B) relevance of each trigger to every global candidate (None: not needed, or
+            built on the training device: ``DeviceLabels``).
         log_q: (B,) log frequency of each global candidate as a training target.
         mask: (b, B) True where a candidate is the same item as the row's positive.
+        cand: (B,) item codes of the global candidates (every rank's targets).
     """
 
     features: KeyedJaggedTensor
@@ -46,6 +48,7 @@ class Batch:
     labels: torch.Tensor | None
     log_q: torch.Tensor
     mask: torch.Tensor
+    cand: torch.Tensor
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         """Every tensor (and the KJT) on ``device``."""
@@ -115,6 +118,10 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         return self._perm[1][g * self.batch_size : (g + 1) * self.batch_size]
 
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+        return self.arrays(step)
+
+    def arrays(self, step: int, labels: bool = True) -> dict[str, np.ndarray]:
+        """The batch of global step ``step`` (``labels=False``: without the label matrix)."""
         idx = self.pairs_of_step(step)
         src, dst = self.src[idx], self.dst[idx]  # (B,)
         b = self.batch_size // self.world
@@ -131,9 +138,9 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
             "lengths": lengths,
             "pos": np.arange(lo, lo + b),
             "log_q": self.log_q[dst],
-            "mask": t[:, None] == dst[None, :],
+            "cand": dst,
         }
-        if self.labeler is not None:
+        if labels and self.labeler is not None:
             out["labels"] = self.labeler.cross(q, dst)
         return out
 
@@ -148,8 +155,9 @@ class PackedBatch:
     One shared-memory tensor crosses from the worker instead of eight. Each costs the main process
     a file-descriptor round trip and an unpickle; on a GPU machine that capped the loader at about
     190 batches/s with 4 workers or 8. It is pinned and copied to the GPU in one piece, and
-    :meth:`to` gives the :class:`Batch` as views of the copy. The KJT's offsets and per-key
-    lengths are computed in the worker, so building it on the GPU never waits for the device.
+    :meth:`to` gives the :class:`Batch` as views of the copy, with the (b, B) duplicate mask made
+    there from the codes. The KJT's offsets and per-key lengths are computed in the worker, so
+    building it on the GPU never waits for the device.
     """
 
     buffer: torch.Tensor  # uint8
@@ -196,7 +204,9 @@ class PackedBatch:
             stride=len(t["codes"]),
             length_per_key=list(self.length_per_key),
         )
-        return Batch(features, t["codes"], t["pos"], t.get("labels"), t["log_q"], t["mask"])
+        codes, cand = t["codes"], t["cand"]
+        mask = codes[len(t["pos"]) :, None] == cand[None, :]  # the rows' positives among the candidates
+        return Batch(features, codes, t["pos"], t.get("labels"), t["log_q"], mask, cand)
 
 
 def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
@@ -207,14 +217,14 @@ def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
 class _Collated(Dataset[PackedBatch]):
     """Step -> the finished batch, packed in the loader's worker."""
 
-    def __init__(self, batches: PairBatches) -> None:
-        self.batches = batches
+    def __init__(self, batches: PairBatches, labels: bool) -> None:
+        self.batches, self.labels = batches, labels
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, step: int) -> PackedBatch:
-        return PackedBatch.pack(self.batches.features.names, self.batches[step])
+        return PackedBatch.pack(self.batches.features.names, self.batches.arrays(step, self.labels))
 
 
 def _worker_init(worker_id: int) -> None:
@@ -225,16 +235,22 @@ def _worker_init(worker_id: int) -> None:
 
 
 def batch_loader(
-    batches: PairBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
+    batches: PairBatches,
+    start: int,
+    stop: int,
+    num_workers: int,
+    pin_memory: bool = False,
+    labels: bool = True,
 ) -> Iterator[PackedBatch]:
     """Packed batches for global steps ``start .. stop - 1``, prepared by ``num_workers`` worker
     processes; ``.to(device)`` gives each :class:`Batch`.
 
     ``pin_memory``: the loader's thread copies each buffer to page-locked memory, so that
     ``PackedBatch.to(cuda, non_blocking=True)`` neither stalls the host nor waits for the GPU.
+    ``labels=False``: the workers leave the label matrix out (the loop builds it on the device).
     """
     loader = DataLoader(
-        _Collated(batches),
+        _Collated(batches, labels),
         batch_size=None,  # items are whole batches already
         sampler=range(start, stop),
         num_workers=num_workers,

@@ -49,6 +49,9 @@ class TrainerConfig:
         ckpt_every: checkpoint every N steps; 0: never. keep_ckpts: how many to keep.
         num_workers: DataLoader worker processes building batches.
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
+        labels_on_device: build each batch's label matrix on the training device from the
+            labeler's item tables (``DeviceLabels``) instead of in the loader; None: on a GPU.
+            Labelers without a dense form there (relations, large fields) stay in the loader.
         seed: model init, table init and batch order.
     """
 
@@ -63,6 +66,7 @@ class TrainerConfig:
     keep_ckpts: int = 2
     num_workers: int = 1
     id_dropout: float = 0.0
+    labels_on_device: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -202,14 +206,23 @@ def fit(
             bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}")
 
     pin = device.type == "cuda"  # page-locked batches copy to the GPU without stalling the host
+    # On a GPU the batch's B x B label matrix is built there, not by the loader and copied over.
+    on_device = None
+    if batches.labeler is not None and (cfg.labels_on_device or (cfg.labels_on_device is None and pin)):
+        on_device = batches.labeler.on_device(device)
+        log.info("batch labels built %s", "on " + str(device) if on_device else "by the loader")
+    loader = batch_loader(
+        batches, start, cfg.max_steps, cfg.num_workers, pin_memory=pin, labels=on_device is None
+    )
     t0 = time.perf_counter()
-    for packed in batch_loader(batches, start, cfg.max_steps, cfg.num_workers, pin_memory=pin):
+    for packed in loader:
         batch = packed.to(device, non_blocking=pin)
         emb = sharded.dmp(batch.features, batch.codes)
         b = len(batch.pos)
+        labels = batch.labels if on_device is None else on_device(batch.codes[:b], batch.cand)
         query = {h: emb[h][:b] for h in heads}
         cand = {h: _candidates(emb[h][b:], world) for h in heads}
-        terms = mtmh_loss(query, cand, batch.pos, batch.labels, loss_cfg, batch.log_q, batch.mask)
+        terms = mtmh_loss(query, cand, batch.pos, labels, loss_cfg, batch.log_q, batch.mask)
         sharded.optimizer.zero_grad(set_to_none=True)  # torchrec's default zero-fills, then backward adds
         terms["loss"].backward()
         sharded.optimizer.step()
