@@ -152,7 +152,7 @@ _ALIGN = 64  # each array starts at a multiple of this many bytes: any dtype can
 class PackedBatch:
     """A finished batch as one byte buffer and its layout: what a loader worker sends.
 
-    One shared-memory tensor crosses from the worker instead of eight. Each costs the main process
+    One shared-memory tensor crosses from the worker instead of one per array. Each costs the main process
     a file-descriptor round trip and an unpickle; on a GPU machine that capped the loader at about
     190 batches/s with 4 workers or 8. It is pinned and copied to the GPU in one piece, and
     :meth:`to` gives the :class:`Batch` as views of the copy, with the (b, B) duplicate mask made
