@@ -152,12 +152,12 @@ _ALIGN = 64  # each array starts at a multiple of this many bytes: any dtype can
 class PackedBatch:
     """A finished batch as one byte buffer and its layout: what a loader worker sends.
 
-    One shared-memory tensor crosses from the worker instead of one per array. Each costs the main process
-    a file-descriptor round trip and an unpickle; on a GPU machine that capped the loader at about
-    190 batches/s with 4 workers or 8. It is pinned and copied to the GPU in one piece, and
-    :meth:`to` gives the :class:`Batch` as views of the copy, with the (b, B) duplicate mask made
-    there from the codes. The KJT's offsets and per-key lengths are computed in the worker, so
-    building it on the GPU never waits for the device.
+    One shared-memory tensor crosses from the worker instead of one per array. Each tensor costs
+    the main process a file-descriptor round trip and an unpickle; on a GPU machine that capped the
+    loader at about 190 batches/s with 4 workers or 8. It is pinned and copied to the GPU in one
+    piece, and :meth:`to` gives the :class:`Batch` as views of the copy, with the (b, B) duplicate
+    mask made there from the codes. The KJT's offsets and per-key lengths are computed in the
+    worker, so building it on the GPU never waits for the device.
     """
 
     buffer: torch.Tensor  # uint8
