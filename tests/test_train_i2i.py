@@ -134,6 +134,9 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tm
     assert len(a) == len(b) == 30
     np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
     assert a[-1] < a[0]  # and it learns
+    # each rank's labels built on its device (a GPU run's path) against every global candidate
+    _finish(_launch([*args, "trainer.labels_on_device=true"], tmp_path / "two_dev", 2))
+    assert _report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
 
 
 def kill_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
