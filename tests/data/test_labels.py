@@ -55,15 +55,16 @@ def test_batch_label_matrix_by_hand_on_both_paths(dense_vocab: int, monkeypatch:
     want = [[(1 / 3 + 3) / 4, 0, 1 / 4, 1], [0, 3 / 4, 0, 0]]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.dtype == np.float32
-    # the training device's copy (dense fields only) gives the same numbers, bit for bit
+    # the training device's copy gives the same numbers as either path, bit for bit
     on_device = lab.on_device("cpu")
-    assert (on_device is None) == (dense_vocab == 0)
-    if on_device is not None:
-        rng = np.random.default_rng(0)
-        r, c = rng.integers(0, 4, 50), rng.integers(0, 4, 70)
-        dev = on_device(torch.from_numpy(r), torch.from_numpy(c))
-        assert dev.dtype == torch.float32
-        np.testing.assert_array_equal(dev.numpy(), lab.cross(r, c))
+    assert on_device is not None
+    rng = np.random.default_rng(0)
+    r, c = rng.integers(0, 4, 50), rng.integers(0, 4, 70)
+    dev = on_device(torch.from_numpy(r), torch.from_numpy(c))
+    assert dev.dtype == torch.float32
+    np.testing.assert_array_equal(dev.numpy(), lab.cross(r, c))
+    monkeypatch.setattr(labels, "_DEVICE_FIELD_BYTES", 4 * 4 * 2)  # genres (4 x 3) no longer fits
+    assert lab.on_device("cpu") is None
 
 
 def test_relation_labels_are_symmetric() -> None:
@@ -72,7 +73,12 @@ def test_relation_labels_are_symmetric() -> None:
     ds = Dataset.build("t", ds.items, ds.interactions, rel)
     lab = RelevanceLabeler.from_dataset(ds, LabelConfig(relation="also_viewed"))
     np.testing.assert_array_equal(lab.pairs(np.array([0, 2, 0]), np.array([2, 0, 1])), [1, 1, 0])
-    assert lab.on_device("cpu") is None  # sparse: the loader builds these labels
+    rows, cols = np.array([0, 2, 1, 3, 0]), np.array([2, 0, 0, 1, 3, 2])
+    on_device = lab.on_device("cpu")
+    assert on_device is not None
+    got = on_device(torch.from_numpy(rows), torch.from_numpy(cols)).numpy()
+    np.testing.assert_array_equal(got, lab.cross(rows, cols))
+    assert got.sum() == 6  # rows 0, 2, 0 (items 0, 2, 0) each meet their partner twice among the columns
     with pytest.raises(
         ValueError, match=r"labels.relation='also_bought': dataset 't' has relations \['also_viewed'\]"
     ):

@@ -24,6 +24,7 @@ __all__ = ["RelevanceLabeler"]
 
 _CHUNK = 16384  # teacher-label pairs per gather (two chunks of 16384 x 384 float32: 50 MB)
 _DENSE_VOCAB = 64  # fields with at most this many values take the dense path in cross()
+_DEVICE_FIELD_BYTES = 1 << 28  # largest dense 0/1 field table DeviceLabels puts on a device
 
 
 def _incidence(values: pl.Series, num_items: int) -> sp.csr_matrix:
@@ -172,9 +173,9 @@ class RelevanceLabeler:
         return acc if acc is not None else np.zeros((len(rows), len(cols)), dtype=np.float32)
 
     def on_device(self, device: torch.device | str) -> DeviceLabels | None:
-        """:meth:`cross` as torch ops on ``device``, or None where it has no dense form there
-        (relation labels, fields of more than ``_DENSE_VOCAB`` values)."""
-        if self._relation is not None or any(d is None for d in self._dense):
+        """:meth:`cross` as torch ops on ``device``, or None where a field's dense 0/1 table
+        (items x values, float32) would exceed ``_DEVICE_FIELD_BYTES`` there."""
+        if any(m.shape[0] * m.shape[1] * 4 > _DEVICE_FIELD_BYTES for m, _ in self._fields):
             return None
         return DeviceLabels(self, device)
 
@@ -184,28 +185,39 @@ class DeviceLabels:
 
     A batch's matrix is B x B float32 (64 MB at a batch of 4096): built by the loader on the CPU,
     it costs the workers a product per batch and the host a copy per step, which bound a GPU run
-    at large batches. Here the item tables (teacher vectors, dense 0/1 field rows) live on the
-    device and a batch's labels are one product per field. Field labels are the same numbers as
-    ``cross`` (products of 0/1 rows are small integers, exact in float32); teacher labels are
-    equal to float rounding.
+    at large batches. Here the labeler's item tables live on the device (teacher vectors; each
+    field as dense 0/1 rows; a relation as its sorted pair keys) and a batch's labels are one
+    product per field, or one lookup. Field and relation labels are the same numbers as ``cross``
+    (products of 0/1 rows are small integers, exact in float32); teacher labels are equal to float
+    rounding.
     """
 
     def __init__(self, labeler: RelevanceLabeler, device: torch.device | str) -> None:
-        t = labeler._teacher
+        t, rel = labeler._teacher, labeler._relation
         self._teacher = None if t is None else torch.from_numpy(t).to(device)
+        self._relation: tuple[torch.Tensor, int] | None = None
+        if rel is not None:
+            coo = rel.tocoo()
+            keys = np.sort(coo.row.astype(np.int64) * rel.shape[1] + coo.col)
+            self._relation = (torch.from_numpy(keys).to(device), rel.shape[1])
         self._fields = [
             (
-                torch.from_numpy(np.asarray(d, np.float32)).to(device),
+                torch.from_numpy(np.asarray(m.toarray() if d is None else d, np.float32)).to(device),
                 torch.from_numpy(np.asarray(size, np.float32)).to(device),
                 w,
             )
-            for d, size, w in zip(labeler._dense, labeler._sizes, labeler._weights, strict=True)
+            for (m, _), d, size, w in zip(
+                labeler._fields, labeler._dense, labeler._sizes, labeler._weights, strict=True
+            )
         ]
 
     def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(A,) and (B,) item codes on the device -> (A, B) labels."""
         if self._teacher is not None:
             return (self._teacher[rows] @ self._teacher[cols].T).clamp_(0.0, 1.0)
+        if self._relation is not None:
+            keys, n = self._relation
+            return torch.isin(rows[:, None] * n + cols[None, :], keys).float()
         acc = torch.zeros(len(rows), len(cols), device=rows.device)
         for dense, size, w in self._fields:
             inter = dense[rows] @ dense[cols].T

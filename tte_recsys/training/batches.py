@@ -194,7 +194,7 @@ class PackedBatch:
         buf = self.buffer.to(device, non_blocking=non_blocking)
         t: dict[str, torch.Tensor] = {}
         for name, dtype, shape, off in self.layout:
-            n = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+            n = int(np.prod(shape)) * dtype.itemsize
             t[name] = buf[off : off + n].view(dtype).view(shape)
         features = KeyedJaggedTensor(
             keys=list(self.keys),
