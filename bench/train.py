@@ -8,9 +8,9 @@
 
 Prints steps/s and the ratios full/bare (target >= 0.8) and torchrec/plain (target >= 1), each the
 median over interleaved rounds. Runs on this process's GPU where there is one (the planner's own
-plan, fbgemm-gpu's kernels, a 1-process nccl group), else on the CPU; on a GPU machine pass
-``--workers 4`` or more, since one worker cannot build batches as fast as the GPU trains.
-    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers 1]
+plan, fbgemm-gpu's kernels, a 1-process nccl group), else on the CPU. The loader's workers are
+``fit``'s default for the device (1 on CPU, up to 8 on a GPU) unless ``--workers`` says otherwise.
+    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers N]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.training.batches import Batch, PairBatches, collate
-from tte_recsys.training.loop import TrainerConfig, fit
+from tte_recsys.training.loop import TrainerConfig, fit, loader_workers
 from tte_recsys.training.sharding import process_group, shard_model
 
 
@@ -128,7 +128,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    ap.add_argument("--workers", type=int, default=1, help="DataLoader processes of the full loop")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="DataLoader processes of the full loop (default: fit's)"
+    )
     ap.add_argument(
         "--content", default="outputs/emb/movielens_plain", help="embed_items folder (else random vectors)"
     )
@@ -172,8 +174,9 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     )
     batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
     ne = features.num_embeddings()
+    workers = loader_workers(tcfg, local_device())
     print(
-        f"\n### id table {ne['item_id']:,} rows x 64 (+ genres {ne['genres']} x 16), {args.workers} loader worker(s)"
+        f"\n### id table {ne['item_id']:,} rows x 64 (+ genres {ne['genres']} x 16), {workers} loader worker(s)"
     )
 
     def full_loop() -> float:

@@ -94,3 +94,20 @@ def test_labels_built_on_the_device_train_exactly_as_the_loaders(
     assert [r["rel"] for r in loader.losses] == [r["rel"] for r in device.losses]
     assert loader.losses == device.losses
     assert len({round(r["rel"], 6) for r in loader.losses}) > 1  # the semantic term is live
+
+
+def test_loader_workers_default_to_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    auto = TrainerConfig()
+    assert loop.loader_workers(auto, cpu) == 1  # the CPU's cores train
+    assert loop.loader_workers(auto, gpu) == 8  # half of 16 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPU processes on the node share the cores
+    assert loop.loader_workers(auto, gpu) == 2
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 2)
+    assert loop.loader_workers(auto, gpu) == 1
+    assert loop.loader_workers(TrainerConfig(num_workers=3), gpu) == 3  # an explicit count wins
+    assert loop.loader_workers(TrainerConfig(num_workers=0), cpu) == 0
+    with pytest.raises(ValueError, match=r"trainer\.num_workers=-1"):
+        TrainerConfig(num_workers=-1)

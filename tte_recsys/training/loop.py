@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ class TrainerConfig:
         eval_every: validate (rank 0) every N steps and at the end; 0: never.
         patience: stop after this many validations without improvement.
         ckpt_every: checkpoint every N steps; 0: never. keep_ckpts: how many to keep.
-        num_workers: DataLoader worker processes building batches.
+        num_workers: DataLoader worker processes building batches; None: 1 on CPU (its cores
+            train), on a GPU half of this process's share of the cores, at most 8 (the H100
+            loop needed 4-8 to keep up: README Benchmarks).
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
         labels_on_device: build each batch's label matrix on the training device from the
             labeler's item tables (``DeviceLabels``) instead of in the loader; None: on a GPU.
@@ -64,7 +67,7 @@ class TrainerConfig:
     patience: int = 3
     ckpt_every: int = 250
     keep_ckpts: int = 2
-    num_workers: int = 1
+    num_workers: int | None = None
     id_dropout: float = 0.0
     labels_on_device: bool | None = None
     seed: int = 0
@@ -74,7 +77,7 @@ class TrainerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
         for name in ("eval_every", "ckpt_every", "num_workers"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 0")
         for name in ("sparse_lr", "dense_lr"):
             if not getattr(self, name) > 0:
@@ -139,6 +142,16 @@ def _broadcast(value: float, world: int) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=local_device())
     dist.broadcast(t, src=0)
     return float(t.item())
+
+
+def loader_workers(cfg: TrainerConfig, device: torch.device) -> int:
+    """``cfg.num_workers``, or where it is None the default for ``device`` (see TrainerConfig)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if device.type == "cpu":
+        return 1
+    per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, per_process // 2))
 
 
 def fit(
@@ -212,7 +225,7 @@ def fit(
         on_device = batches.labeler.on_device(device)
         log.info("batch labels built %s", "on " + str(device) if on_device else "by the loader")
     loader = batch_loader(
-        batches, start, cfg.max_steps, cfg.num_workers, pin_memory=pin, labels=on_device is None
+        batches, start, cfg.max_steps, loader_workers(cfg, device), pin_memory=pin, labels=on_device is None
     )
     t0 = time.perf_counter()
     for packed in loader:
