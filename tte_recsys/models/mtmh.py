@@ -185,11 +185,15 @@ class FrozenContent(ContentTower):
         super().__init__()
         self.table = table.float()
         self.dim = int(table.shape[1])
+        self._copies = {self.table.device: self.table}
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        if self.table.device != codes.device:  # moved once, on the first batch (not every step)
-            self.table = self.table.to(codes.device)
-        return self.table[codes]
+        # one copy per device, made on its first batch: a GPU run's validation encodes on the CPU
+        # with the same tower, and neither side moves the table back and forth
+        table = self._copies.get(codes.device)
+        if table is None:
+            table = self._copies[codes.device] = self.table.to(codes.device)
+        return table[codes]
 
 
 class TrainableContent(ContentTower):
