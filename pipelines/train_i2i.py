@@ -27,7 +27,7 @@ from tte_recsys import distributed
 from tte_recsys.config import EvalConfig, from_mapping
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
-from tte_recsys.data.split import TemporalSplit, popularity_counts, temporal_split
+from tte_recsys.data.split import TemporalSplit, popularity_basis, popularity_counts, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines, evaluate_retriever
 from tte_recsys.evaluation.quota import choose_point, plot_tradeoff
@@ -423,9 +423,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "share": share,
                     "id_prior": best.prior,
                     "pop_prior": pop,
-                    "pop_counts": "per time on the shelf"
-                    if "available_from" in ds.items.columns
-                    else "train interactions",
+                    "pop_counts": popularity_basis(ds),
                     "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
                     "valid_points": candidates,
                 },

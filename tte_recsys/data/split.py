@@ -18,7 +18,7 @@ from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.pairs import directed_pairs, mine_pairs
 
-__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "popularity_counts", "temporal_split"]
+__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "popularity_basis", "popularity_counts", "temporal_split"]
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -146,6 +146,11 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
     )
 
 
+def popularity_basis(ds: Dataset) -> str:
+    """What :func:`popularity_counts` counts for ``ds`` (for reports)."""
+    return "per time on the shelf" if "available_from" in ds.items.columns else "train interactions"
+
+
 def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1) -> np.ndarray:
     """Train interactions per item as the popularity prior should see them, float (N,).
 
@@ -158,7 +163,7 @@ def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1
     not the lowest there is. An empty date counts as listed when the log starts.
     """
     counts = split.item_counts.astype(np.float64)
-    if "available_from" not in ds.items.columns or split.train.height == 0:
+    if popularity_basis(ds) == "train interactions" or split.train.height == 0:
         return counts
     if not prior_span > 0:
         raise ValueError(f"prior_span={prior_span}: expected > 0 (a share of the train span)")
