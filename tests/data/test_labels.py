@@ -63,7 +63,7 @@ def test_batch_label_matrix_by_hand_on_both_paths(dense_vocab: int, monkeypatch:
     dev = on_device(torch.from_numpy(r), torch.from_numpy(c))
     assert dev.dtype == torch.float32
     np.testing.assert_array_equal(dev.numpy(), lab.cross(r, c))
-    monkeypatch.setattr(labels, "_DEVICE_FIELD_BYTES", 4 * 4 * 2)  # genres (4 x 3) no longer fits
+    monkeypatch.setattr(labels, "_DEVICE_TABLE_BYTES", 4 * 4 * 2)  # genres (4 x 3) no longer fits
     assert lab.on_device("cpu") is None
 
 
@@ -119,6 +119,8 @@ def test_teacher_labels_are_clipped_cosines(tmp_path: Path, monkeypatch: pytest.
     np.testing.assert_allclose(
         on_device(torch.from_numpy(ids), torch.from_numpy(ids)).numpy(), lab.matrix(ids), atol=1e-6
     )
+    monkeypatch.setattr(labels, "_DEVICE_TABLE_BYTES", 4 * 2 * 4 - 1)  # 4 items x 2 dims no longer fit
+    assert lab.on_device("cpu") is None
 
 
 def test_teacher_folder_errors_name_the_folder_and_items(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ __all__ = ["RelevanceLabeler"]
 
 _CHUNK = 16384  # teacher-label pairs per gather (two chunks of 16384 x 384 float32: 50 MB)
 _DENSE_VOCAB = 64  # fields with at most this many values take the dense path in cross()
-_DEVICE_FIELD_BYTES = 1 << 28  # largest dense 0/1 field table DeviceLabels puts on a device
+# largest item table DeviceLabels puts on a device (a field's dense 0/1 rows, teacher vectors)
+_DEVICE_TABLE_BYTES = 1 << 30
 
 
 def _incidence(values: pl.Series, num_items: int) -> sp.csr_matrix:
@@ -173,9 +174,13 @@ class RelevanceLabeler:
         return acc if acc is not None else np.zeros((len(rows), len(cols)), dtype=np.float32)
 
     def on_device(self, device: torch.device | str) -> DeviceLabels | None:
-        """:meth:`cross` as torch ops on ``device``, or None where a field's dense 0/1 table
-        (items x values, float32) would exceed ``_DEVICE_FIELD_BYTES`` there."""
-        if any(m.shape[0] * m.shape[1] * 4 > _DEVICE_FIELD_BYTES for m, _ in self._fields):
+        """:meth:`cross` as torch ops on ``device``, or None where an item table would exceed
+        ``_DEVICE_TABLE_BYTES`` there: a field's dense 0/1 rows (items x values, float32) or the
+        teacher vectors (those labels are then built by the loader, as on CPU)."""
+        shapes = [m.shape for m, _ in self._fields]
+        if self._teacher is not None:
+            shapes.append(self._teacher.shape)
+        if any(n * v * 4 > _DEVICE_TABLE_BYTES for n, v in shapes):
             return None
         return DeviceLabels(self, device)
 
