@@ -54,7 +54,8 @@ class TrainerConfig:
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
         labels_on_device: build each batch's label matrix on the training device from the
             labeler's item tables (``DeviceLabels``) instead of in the loader; None: on a GPU.
-            Labelers without a dense form there (relations, large fields) stay in the loader.
+            Labels whose item tables would not fit there (``RelevanceLabeler.on_device``) stay in
+            the loader.
         seed: model init, table init and batch order.
     """
 
