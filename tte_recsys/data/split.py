@@ -146,9 +146,14 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
     )
 
 
+def _per_shelf_time(ds: Dataset) -> bool:
+    """Whether the catalog dates its items, so that :func:`popularity_counts` counts per time listed."""
+    return "available_from" in ds.items.columns
+
+
 def popularity_basis(ds: Dataset) -> str:
     """What :func:`popularity_counts` counts for ``ds`` (for reports)."""
-    return "per time on the shelf" if "available_from" in ds.items.columns else "train interactions"
+    return "per time on the shelf" if _per_shelf_time(ds) else "train interactions"
 
 
 def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1) -> np.ndarray:
@@ -163,7 +168,7 @@ def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1
     not the lowest there is. An empty date counts as listed when the log starts.
     """
     counts = split.item_counts.astype(np.float64)
-    if popularity_basis(ds) == "train interactions" or split.train.height == 0:
+    if not _per_shelf_time(ds) or split.train.height == 0:
         return counts
     if not prior_span > 0:
         raise ValueError(f"prior_span={prior_span}: expected > 0 (a share of the train span)")
