@@ -90,7 +90,7 @@ def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
         for step in range(3):
             arrays = pb[step]
             packed = PackedBatch.pack(f.names, arrays)
-            assert all(off % 64 == 0 for *_, off in packed.layout)
+            assert all(off % 64 == 0 for _, _, _, off, _ in packed.layout)
             batch = packed.to("cpu")
             for name in ("codes", "pos", "log_q", "cand", *(["labels"] if labeler else [])):
                 got = getattr(batch, name).numpy()

@@ -161,7 +161,9 @@ class PackedBatch:
     """
 
     buffer: torch.Tensor  # uint8
-    layout: tuple[tuple[str, torch.dtype, tuple[int, ...], int], ...]  # name, dtype, shape, byte offset
+    layout: tuple[
+        tuple[str, torch.dtype, tuple[int, ...], int, int], ...
+    ]  # name, dtype, shape, offset, bytes
     keys: tuple[str, ...]
     length_per_key: tuple[int, ...]
 
@@ -176,12 +178,12 @@ class PackedBatch:
         layout, size = [], 0
         for name, a in parts.items():
             parts[name] = a = np.ascontiguousarray(a)
-            layout.append((name, torch.from_numpy(a[:0]).dtype, a.shape, size))
+            layout.append((name, torch.from_numpy(a[:0]).dtype, a.shape, size, a.nbytes))
             size += -(-a.nbytes // _ALIGN) * _ALIGN
         buffer = torch.empty(size, dtype=torch.uint8)
         flat = buffer.numpy()
-        for (_, _, _, off), a in zip(layout, parts.values(), strict=True):
-            flat[off : off + a.nbytes] = a.reshape(-1).view(np.uint8)
+        for (_, _, _, off, n), a in zip(layout, parts.values(), strict=True):
+            flat[off : off + n] = a.reshape(-1).view(np.uint8)
         per_key = lengths.reshape(len(keys), -1).sum(axis=1)
         return cls(buffer, tuple(layout), tuple(keys), tuple(int(n) for n in per_key))
 
@@ -193,8 +195,7 @@ class PackedBatch:
         """The :class:`Batch` on ``device``: one copy of the buffer (none on the CPU), then views."""
         buf = self.buffer.to(device, non_blocking=non_blocking)
         t: dict[str, torch.Tensor] = {}
-        for name, dtype, shape, off in self.layout:
-            n = int(np.prod(shape)) * dtype.itemsize
+        for name, dtype, shape, off, n in self.layout:
             t[name] = buf[off : off + n].view(dtype).view(shape)
         features = KeyedJaggedTensor(
             keys=list(self.keys),
