@@ -163,7 +163,8 @@ class ItemFeatures:
         return self.kjt_from_arrays(*self.lookup(codes))
 
     def kjt_from_arrays(self, values: np.ndarray, lengths: np.ndarray) -> KeyedJaggedTensor:
-        """The KJT of :meth:`lookup`'s arrays (built where the arrays are used, not in workers)."""
+        """The KJT of :meth:`lookup`'s arrays, on the CPU (encoding items; training batches get the
+        same KJT from ``training.batches.PackedBatch`` without a device sync)."""
         return KeyedJaggedTensor.from_lengths_sync(
             keys=self.names,
             values=torch.from_numpy(np.asarray(values)),
