@@ -136,7 +136,8 @@ def build_content(
         },
         "lora": lora,
     }
-    return TrainableContent(embedder, [embedding_text(it, texts.get(it.item_id)) for it in items]), spec
+    texts_in = [embedding_text(it, texts.get(it.item_id)) for it in items]
+    return TrainableContent(embedder, texts_in, chunk=int(cfg.embedder.batch_size)), spec
 
 
 class Trainer:

@@ -198,18 +198,32 @@ class FrozenContent(ContentTower):
 
 
 class TrainableContent(ContentTower):
-    """The TTE embedder (typically with LoRA) inside the model: tokenises the batch's item texts."""
+    """The TTE embedder (typically with LoRA) inside the model: tokenises the batch's item texts.
 
-    def __init__(self, embedder: Embedder, texts: Sequence[str]) -> None:
+    Each distinct item of a batch is encoded once (a batch holds its triggers and targets, and
+    popular items recur: 2,048 codes hold about 1,460 items on MovieLens train pairs and 1,080 on
+    Amazon Office), in chunks of ``chunk`` items of similar token length, so padding stays small.
+    Both matter for memory as well as time: the backward keeps every layer's activations of every
+    padded token. Gradients of repeated rows add up in the index backward, as they would per copy.
+    """
+
+    def __init__(self, embedder: Embedder, texts: Sequence[str], chunk: int = 64) -> None:
         super().__init__()
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk}: expected >= 1")
         self.embedder = embedder
         self.texts = list(texts)
         self.dim = embedder.dim
+        self.chunk = chunk
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        ids = self.embedder._token_ids([self.texts[int(c)] for c in codes.tolist()])
-        out = self.embedder(**self.embedder._batch(ids))
-        return out.float().to(codes.device)  # (B, D)
+        unique, inverse = torch.unique(codes, return_inverse=True)
+        ids = self.embedder._token_ids([self.texts[c] for c in unique.tolist()])
+        chunks = self.embedder._length_chunks(ids, self.chunk)
+        out = torch.cat([self.embedder(**self.embedder._batch([ids[i] for i in rows])) for rows in chunks])
+        at = torch.empty(len(ids), dtype=torch.long)  # unique item -> its row of out
+        at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
+        return out.float().to(codes.device)[at.to(codes.device)[inverse.to(codes.device)]]  # (B, D)
 
 
 class MTMHModel(nn.Module):

@@ -128,6 +128,13 @@ class Embedder(nn.Module):
             )
         return {k: v.to(dev) for k, v in batch.items()}
 
+    @staticmethod
+    def _length_chunks(ids: list[list[int]], batch_size: int) -> list[np.ndarray]:
+        """Row indices of ``ids`` in batches of similar token length, longest first (memory peaks
+        early, padding stays small); their concatenation is a permutation of the rows."""
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        return [order[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+
     def _run(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """One padded batch -> (b, D) float32 numpy (the step another runtime replaces)."""
         return self(**batch).float().cpu().numpy()
@@ -156,17 +163,16 @@ class Embedder(nn.Module):
             vision = self.vision
             prepared = [vision.prepare(p) if p is not None else None for p in images]
         ids = self._token_ids(items, prepared)
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: memory peaks early
+        chunks = self._length_chunks(ids, batch_size)
         out: list[np.ndarray] = []
-        for start in tqdm(range(0, len(items), batch_size), desc="encode", disable=not show_progress):
-            rows = order[start : start + batch_size]
+        for rows in tqdm(chunks, desc="encode", disable=not show_progress):
             batch = self._batch([ids[i] for i in rows], [prepared[i] for i in rows])
             out.append(self._run(batch))
         self.train(was_training)
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         result = np.empty_like(np.concatenate(out))
-        result[order] = np.concatenate(out)
+        result[np.concatenate(chunks)] = np.concatenate(out)
         return result[0] if single else result
 
 

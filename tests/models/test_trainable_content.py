@@ -1,0 +1,63 @@
+"""TrainableContent encodes each distinct item of a batch once, in length-sorted chunks; the result
+and the gradients are those of encoding every occurrence in one padded batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tte_recsys.models.mtmh import TrainableContent
+from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.lora import add_lora
+
+TEXTS = [
+    "a comedy film",
+    "office paper and pens, two hundred sheets, recycled, with a box of blue ballpoint pens",
+    "calculator",
+    "desk lamp with a flexible arm",
+]
+
+
+def test_repeated_items_are_encoded_once_with_the_same_values_and_gradients(
+    tiny_qwen_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = add_lora(build_embedder(str(tiny_qwen_dir), pooling="mean"), r=4)
+    emb.eval()  # no dropout: both paths see the same function
+    tower = TrainableContent(emb, TEXTS, chunk=2)  # items 0, 2, 3: two chunks of different widths
+    codes = torch.tensor([2, 0, 2, 3, 0, 2])
+    calls = []
+    real = emb._token_ids
+
+    def counting(texts, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return real(texts, *a, **k)
+
+    widths = []
+    real_batch = emb._batch
+
+    def batching(ids, *a, **k):  # type: ignore[no-untyped-def]
+        widths.append((len(ids), max(len(x) for x in ids)))
+        return real_batch(ids, *a, **k)
+
+    monkeypatch.setattr(emb, "_token_ids", counting)
+    monkeypatch.setattr(emb, "_batch", batching)
+    out = tower(codes)
+    assert calls == [3]  # items 0, 2, 3: each once
+    lengths = sorted((len(x) for x in real([TEXTS[0], TEXTS[2], TEXTS[3]])), reverse=True)
+    assert widths == [(2, lengths[0]), (1, lengths[2])]  # longest first, each chunk padded to its own
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    (out * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in emb.named_parameters() if p.requires_grad}
+    emb.zero_grad(set_to_none=True)
+
+    # the reference: every occurrence encoded on its own row
+    batch = real_batch(real([TEXTS[c] for c in codes.tolist()]))
+    ref = emb(**batch).float()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for n, p in emb.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    assert len(grads) > 0 and any(g.abs().sum() > 0 for g in grads.values())
