@@ -137,7 +137,13 @@ def build_content(
         "lora": lora,
     }
     texts_in = [embedding_text(it, texts.get(it.item_id)) for it in items]
-    return TrainableContent(embedder, texts_in, chunk=int(cfg.embedder.batch_size)), spec
+    tower = TrainableContent(
+        embedder,
+        texts_in,
+        chunk=int(cfg.embedder.batch_size),
+        checkpointing=bool(cfg.content_checkpointing),
+    )
+    return tower, spec
 
 
 class Trainer:

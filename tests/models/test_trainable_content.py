@@ -61,3 +61,24 @@ def test_repeated_items_are_encoded_once_with_the_same_values_and_gradients(
         if p.requires_grad:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
     assert len(grads) > 0 and any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_activation_checkpointing_gives_the_same_values_and_gradients(tiny_qwen_dir: Path) -> None:
+    """In training mode (the tiny Qwen2 has no dropout, so both runs compute the same function)."""
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        emb = add_lora(build_embedder(str(tiny_qwen_dir), pooling="mean"), r=4)
+        tower = TrainableContent(emb, TEXTS, chunk=2, checkpointing=checkpointing)
+        emb.train()
+        out = tower(torch.tensor([1, 0, 1, 3]))
+        (out * torch.arange(out.numel()).reshape(out.shape).sin()).sum().backward()
+        grads = {n: p.grad for n, p in emb.named_parameters() if p.requires_grad}
+        layer = emb.backbone.base_model.model.layers[0]
+        results.append((out.detach(), grads, layer.gradient_checkpointing))
+    (ref, ref_grads, off), (out, grads, on) = results
+    assert not off and on  # the option reached the layers
+    torch.testing.assert_close(out, ref)
+    assert ref_grads.keys() == grads.keys() and any(g.abs().sum() > 0 for g in grads.values())
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], msg=n)
