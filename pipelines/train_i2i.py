@@ -315,7 +315,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     own_teacher = label_cfg.teacher == "content"  # the run's content vectors teach the semantic head
     labeler = None if own_teacher else RelevanceLabeler.from_dataset(ds, label_cfg)  # fails early
     traces = cache(partial(_traces_dir, cfg, out))  # the reasoner runs at most once, and only if needed
-    folder = content_folder(cfg, out, traces) if model_cfg.content == "frozen" or own_teacher else None
+    # the frozen mode's vectors and the content-only baseline (for trainable content: the embedder
+    # before training, where the tower starts)
+    folder = content_folder(cfg, out, traces) if model_cfg.content != "none" or own_teacher else None
     if labeler is None:
         label_cfg = dataclasses.replace(label_cfg, teacher=folder)
         labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
@@ -376,6 +378,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra: dict[str, Callable[[], Retriever]] = {}
         if isinstance(content, FrozenContent):
             extra["content"] = partial(ContentCosine, content.table.numpy())
+        elif folder is not None:
+            table = load_vectors(folder).aligned(ds.items["item_id"].to_list())
+            extra["content"] = partial(ContentCosine, table)
         mshares = quota_shares(heads, share)
         extra[f"mtmh (K1/K={share:g}, lambda={lam:g})"] = partial(
             HeadVectorsRetriever, best_vecs, mshares, "mtmh", item_bias

@@ -207,6 +207,8 @@ def test_trainable_content_with_lora(
     # test runs the default
     report = trainable_content_run(compose_cfg, tiny_qwen_dir, tmp_path, "content_checkpointing=true")
     assert report["training"]["mtmh_lam1"]["device"] == "cpu"
+    # the content-only baseline: the embedder's vectors before training, where the tower starts
+    assert "content" in report["methods"] and (tmp_path / "out" / "content" / "manifest.json").is_file()
 
 
 def test_think_then_embed_with_a_reasoner(
