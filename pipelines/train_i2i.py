@@ -379,8 +379,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(content, FrozenContent):
             extra["content"] = partial(ContentCosine, content.table.numpy())
         elif folder is not None:
-            table = load_vectors(folder).aligned(ds.items["item_id"].to_list())
-            extra["content"] = partial(ContentCosine, table)
+            start = load_vectors(folder).aligned(ds.items["item_id"].to_list())
+            extra["content"] = partial(ContentCosine, start)
         mshares = quota_shares(heads, share)
         extra[f"mtmh (K1/K={share:g}, lambda={lam:g})"] = partial(
             HeadVectorsRetriever, best_vecs, mshares, "mtmh", item_bias
