@@ -129,7 +129,7 @@ def build_content(
     texts = load_trace_texts(traces_dir, items)[0] if traces_dir else {}
     embedder, _ = embedder_from_config({**cfg.embedder, "runtime": "torch"})  # trained: PyTorch
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
-    embedder = add_lora(embedder, **lora)  # type: ignore[arg-type]
+    embedder = add_lora(embedder, **lora, seed=int(cfg.trainer.seed))  # type: ignore[arg-type]
     spec: dict[str, Any] = {
         "embedder": {
             k: cfg.embedder[k] for k in ("model_path", "pooling", "max_length", "instruction", "dtype")
@@ -211,6 +211,8 @@ class Trainer:
         """Train one model; on rank 0 also its item vectors under each id prior (by shrink)."""
         tc = self.trainer_cfg
         torch.manual_seed(tc.seed)
+        if content is not None:  # every model of the run starts from the same content tower
+            content.reset()
         ne = self.features.num_embeddings()
         model = MTMHModel(model_cfg, ne, content, device="meta")
         eval_model = MTMHModel(model_cfg, ne, content, device="cpu") if self.rank == 0 else None

@@ -139,6 +139,27 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tm
     assert _report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
 
 
+@pytest.mark.slow
+def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    """The LoRA adapters inside the sharded model: their gradients are averaged over the ranks, and
+    both ranks start from the same seeded adapters."""
+    args = _args(
+        tiny_qwen_dir,
+        "model.content=trainable",
+        "trainer.max_steps=12",
+        "trainer.eval_every=6",
+        "compare.single_head=false",
+        "compare.id_only=false",
+    )
+    _finish(_launch(args, tmp_path / "one", 1))
+    _finish(_launch(args, tmp_path / "two", 2))
+    a = _report(tmp_path / "one")["training"]["mtmh_lam1"]["loss_curve"]
+    b = _report(tmp_path / "two")["training"]["mtmh_lam1"]["loss_curve"]
+    assert len(a) == len(b) == 12
+    np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
+    assert a[-1] < a[0]
+
+
 def kill_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """Reports of an uninterrupted run and of the same run killed (SIGKILL, torchrun and its worker)
     after its step-60 checkpoint, then continued with ``resume=true``."""
@@ -209,6 +230,28 @@ def test_trainable_content_with_lora(
     assert report["training"]["mtmh_lam1"]["device"] == "cpu"
     # the content-only baseline: the embedder's vectors before training, where the tower starts
     assert "content" in report["methods"] and (tmp_path / "out" / "content" / "manifest.json").is_file()
+
+
+def test_every_model_of_a_trainable_run_starts_from_the_same_tower(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """A run trains several models on one content tower: each starts from the tower as built (the
+    LoRA adapters seeded by trainer.seed), not from what the previous training left in it. The
+    lambda = 1 model trained after a lambda = 0.5 one must train exactly as when trained alone."""
+    curves = []
+    for i, lams in enumerate(("[0.5,1.0]", "[1.0]")):
+        args = _args(
+            tiny_qwen_dir,
+            "model.content=trainable",
+            "trainer.max_steps=6",
+            "trainer.eval_every=3",
+            "compare.single_head=false",
+            "compare.id_only=false",
+            f"select.lams={lams}",
+            f"output_dir={tmp_path / str(i)}",
+        )
+        curves.append(train_i2i.run(compose_cfg("train_i2i", args))["training"]["mtmh_lam1"]["loss_curve"])
+    assert len(curves[0]) == 6 and curves[0] == curves[1]
 
 
 def test_think_then_embed_with_a_reasoner(

@@ -30,3 +30,21 @@ def test_lora_trains_only_adapters_and_round_trips(tiny_qwen_dir: Path, tmp_path
     assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").is_file()
     fresh = load_lora(build_embedder(str(tiny_qwen_dir), pooling="meta", meta_queries=2), tmp_path / "lora")
     np.testing.assert_allclose(fresh.encode(TEXTS), trained, atol=1e-5)
+
+
+def test_lora_initialisation_is_seeded_and_leaves_the_global_generator(tiny_qwen_dir: Path) -> None:
+    def adapters(seed: int) -> dict[str, torch.Tensor]:
+        emb = add_lora(build_embedder(str(tiny_qwen_dir), pooling="mean"), r=4, seed=seed)
+        return {n: p.detach().clone() for n, p in emb.named_parameters() if "lora_A" in n}
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = adapters(0)
+    torch.testing.assert_close(torch.rand(3), expected_next)  # the caller's stream is untouched
+    torch.rand(5)  # whatever ran before does not matter
+    b, c = adapters(0), adapters(1)
+    assert a and a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=0, atol=0)
+    assert any(not torch.equal(a[n], c[n]) for n in a)

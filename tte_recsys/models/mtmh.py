@@ -177,6 +177,9 @@ class ContentTower(nn.Module):
 
     dim: int
 
+    def reset(self) -> None:
+        """Back to the weights it was built with (a tower that trains; others have nothing to do)."""
+
 
 class FrozenContent(ContentTower):
     """Precomputed vectors (N, D) looked up by item code; a plain tensor attribute (not a parameter
@@ -228,6 +231,15 @@ class TrainableContent(ContentTower):
         self.texts = list(texts)
         self.dim = embedder.dim
         self.chunk = chunk
+        # What reset() restores: the trainable weights as built (LoRA adapters: small). A run
+        # trains several models (the lambda grid, the one-head reference) on this one tower.
+        self._initial = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                if n in self._initial:
+                    p.copy_(self._initial[n])
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         unique, inverse = torch.unique(codes, return_inverse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
@@ -23,11 +24,18 @@ def add_lora(
     alpha: int = 16,
     dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
+    seed: int = 0,
 ) -> Embedder:
-    """Wrap the backbone with LoRA adapters; only the adapters (and any pooling parameters) train."""
+    """Wrap the backbone with LoRA adapters; only the adapters (and any pooling parameters) train.
+
+    The adapters' random initialisation (PEFT draws A from the global generator; B starts at
+    zero) comes from ``seed``, in a forked generator: the same config gives the same adapters
+    whatever ran before, and the caller's random state is left as it was."""
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
-    # A PeftModel forwards the wrapped model's interface (config, forward, embeddings).
-    embedder.backbone = cast(PreTrainedModel, get_peft_model(embedder.backbone, cfg))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        # A PeftModel forwards the wrapped model's interface (config, forward, embeddings).
+        embedder.backbone = cast(PreTrainedModel, get_peft_model(embedder.backbone, cfg))
     return embedder
 
 
