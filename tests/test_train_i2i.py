@@ -160,21 +160,24 @@ def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tm
     assert a[-1] < a[0]
 
 
-def kill_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
+def kill_then_resume(
+    tiny_qwen_dir: Path, tmp_path: Path, *extra: str, max_steps: int = 400, every: int = 20
+) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """Reports of an uninterrupted run and of the same run killed (SIGKILL, torchrun and its worker)
-    after its step-60 checkpoint, then continued with ``resume=true``."""
+    after its third checkpoint (step 3 x ``every``), then continued with ``resume=true``."""
     args = _args(
         tiny_qwen_dir,
         "compare.single_head=false",
         "compare.id_only=false",
-        "trainer.max_steps=400",
-        "trainer.eval_every=20",
-        "trainer.ckpt_every=20",
+        f"trainer.max_steps={max_steps}",
+        f"trainer.eval_every={every}",
+        f"trainer.ckpt_every={every}",
         "trainer.patience=1000",
+        *extra,
     )
     _finish(_launch(args, tmp_path / "full"))
     p = _launch(args, tmp_path / "killed")
-    mark = tmp_path / "killed" / "checkpoints" / "mtmh_lam1" / "step_00000060" / "manifest.json"
+    mark = tmp_path / "killed" / "checkpoints" / "mtmh_lam1" / f"step_{3 * every:08d}" / "manifest.json"
     deadline = time.time() + 300
     while not mark.is_file() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -191,6 +194,18 @@ def kill_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> tuple[dict, dict]: 
 @pytest.mark.slow
 def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
+    assert resumed["methods"] == full["methods"]
+    np.testing.assert_allclose(
+        resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_kill_then_resume_with_trainable_content(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    """The LoRA adapters and their Adam state come back from the checkpoint."""
+    full, resumed = kill_then_resume(
+        tiny_qwen_dir, tmp_path, "model.content=trainable", max_steps=60, every=10
+    )
     assert resumed["methods"] == full["methods"]
     np.testing.assert_allclose(
         resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-6
