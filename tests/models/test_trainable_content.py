@@ -60,6 +60,12 @@ def test_repeated_items_are_encoded_once_with_the_same_values_and_gradients(
     for n, p in emb.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+    # token ids are kept per item: a later batch tokenises only the items not seen before
+    with torch.no_grad():
+        again = tower(torch.tensor([3, 1, 2]))
+    assert calls == [3, 1]
+    torch.testing.assert_close(again[[0, 2]], out[[3, 0]].detach(), atol=1e-5, rtol=1e-5)
     assert len(grads) > 0 and any(g.abs().sum() > 0 for g in grads.values())
 
 

@@ -111,7 +111,7 @@ class Embedder(nn.Module):
         return out
 
     def _batch(
-        self, ids: list[list[int]], images: Sequence[ImageInputs | None] = ()
+        self, ids: Sequence[Sequence[int] | np.ndarray], images: Sequence[ImageInputs | None] = ()
     ) -> dict[str, torch.Tensor]:
         dev = next(self.parameters()).device
         width = max(len(x) for x in ids)
@@ -129,7 +129,7 @@ class Embedder(nn.Module):
         return {k: v.to(dev) for k, v in batch.items()}
 
     @staticmethod
-    def _length_chunks(ids: list[list[int]], batch_size: int) -> list[np.ndarray]:
+    def _length_chunks(ids: Sequence[Sequence[int] | np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Row indices of ``ids`` in batches of similar token length, longest first (memory peaks
         early, padding stays small); their concatenation is a permutation of the rows."""
         order = np.argsort([-len(x) for x in ids], kind="stable")
