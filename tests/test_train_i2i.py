@@ -124,16 +124,23 @@ def test_tiny_run_reports_and_exports(
         assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
 
 
-@pytest.mark.slow
-def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tmp_path: Path) -> None:
-    args = _args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
+def one_then_two_processes(args: list[str], tmp_path: Path, steps: int) -> list[float]:
+    """Runs ``args`` in 1 process and in 2 under torchrun; asserts the 2-process loss curve follows
+    the 1-process one and that it learns. Returns the 2-process curve."""
     _finish(_launch(args, tmp_path / "one", 1))
     _finish(_launch(args, tmp_path / "two", 2))
     a = _report(tmp_path / "one")["training"]["mtmh_lam1"]["loss_curve"]
     b = _report(tmp_path / "two")["training"]["mtmh_lam1"]["loss_curve"]
-    assert len(a) == len(b) == 30
+    assert len(a) == len(b) == steps
     np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
     assert a[-1] < a[0]  # and it learns
+    return b  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    args = _args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
+    b = one_then_two_processes(args, tmp_path, 30)
     # each rank's labels built on its device (a GPU run's path) against every global candidate
     _finish(_launch([*args, "trainer.labels_on_device=true"], tmp_path / "two_dev", 2))
     assert _report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
@@ -151,13 +158,7 @@ def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tm
         "compare.single_head=false",
         "compare.id_only=false",
     )
-    _finish(_launch(args, tmp_path / "one", 1))
-    _finish(_launch(args, tmp_path / "two", 2))
-    a = _report(tmp_path / "one")["training"]["mtmh_lam1"]["loss_curve"]
-    b = _report(tmp_path / "two")["training"]["mtmh_lam1"]["loss_curve"]
-    assert len(a) == len(b) == 12
-    np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
-    assert a[-1] < a[0]
+    one_then_two_processes(args, tmp_path, 12)
 
 
 def kill_then_resume(
