@@ -204,7 +204,7 @@ class TrainableContent(ContentTower):
     """The TTE embedder (typically with LoRA) inside the model: tokenises the batch's item texts.
 
     Each distinct item of a batch is encoded once (a batch holds its triggers and targets, and
-    popular items recur: 2,048 codes hold about 1,460 items on MovieLens train pairs and 1,080 on
+    popular items recur: 2,048 codes hold about 1,460 items on MovieLens train pairs and 1,070 on
     Amazon Office), in chunks of ``chunk`` items of similar token length, so padding stays small.
     Both matter for memory as well as time: the backward keeps every layer's activations of every
     padded token. Gradients of repeated rows add up in the index backward, as they would per copy.
