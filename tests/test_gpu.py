@@ -151,7 +151,6 @@ def test_kill_then_resume_on_the_gpu(tiny_qwen_dir: Path, tmp_path: Path) -> Non
 
     full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
     assert full["training"]["mtmh_lam1"]["device"] == resumed["training"]["mtmh_lam1"]["device"] == "cuda:0"
-    print("full", full["methods"], "\nresumed", resumed["methods"])
     np.testing.assert_allclose(
         resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-5
     )

@@ -257,7 +257,9 @@ class TrainableContent(ContentTower):
         out = torch.cat([self.embedder(**self.embedder._batch([ids[i] for i in rows])) for rows in chunks])
         at = torch.empty(len(ids), dtype=torch.long)  # unique item -> its row of out
         at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
-        return out.float().to(codes.device)[at.to(codes.device)[inverse.to(codes.device)]]  # (B, D)
+        return out.float().to(codes.device)[
+            at.to(codes.device)[inverse]
+        ]  # (B, D); inverse is on codes' device
 
 
 class MTMHModel(nn.Module):
