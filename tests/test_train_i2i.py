@@ -203,9 +203,10 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_kill_then_resume_with_trainable_content(tiny_qwen_dir: Path, tmp_path: Path) -> None:
-    """The LoRA adapters and their Adam state come back from the checkpoint."""
+    """The LoRA adapters, their Adam state and the generator their dropout draws from come back
+    from the checkpoint."""
     full, resumed = kill_then_resume(
-        tiny_qwen_dir, tmp_path, "model.content=trainable", max_steps=60, every=10
+        tiny_qwen_dir, tmp_path, "model.content=trainable", "lora.dropout=0.1", max_steps=60, every=10
     )
     assert resumed["methods"] == full["methods"]
     np.testing.assert_allclose(

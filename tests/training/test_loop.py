@@ -14,7 +14,7 @@ from tests.conftest import make_dataset
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.labels import DeviceLabels, RelevanceLabeler
 from tte_recsys.losses.mtmh import LossConfig
-from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
+from tte_recsys.models.mtmh import ContentTower, FrozenContent, ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.training import loop
 from tte_recsys.training.batches import PairBatches
 from tte_recsys.training.loop import READ_EVERY, TrainerConfig, fit
@@ -28,9 +28,10 @@ def tiny_fit(
     resume: bool = False,
     ckpt_every: int = 0,
     labels_on_device: bool | None = None,
+    content: ContentTower | None = None,
 ) -> loop.TrainResult:
-    """A content-free model on 8 items (ids and a 2-value genre), 8 pairs per step, seeded: one
-    head, or with ``labels_on_device`` set, both heads and genre-Jaccard labels."""
+    """A model on 8 items (ids and a 2-value genre, and ``content`` if given), 8 pairs per step,
+    seeded: one head, or with ``labels_on_device`` set, both heads and genre-Jaccard labels."""
     ds = make_dataset(
         [("u", i, t) for t, i in enumerate("abcdefgh")],
         {i: ["x" if i < "e" else "y", "z"] if i in "aeg" else ["x" if i < "e" else "y"] for i in "abcdefgh"},
@@ -43,8 +44,9 @@ def tiny_fit(
     batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, lab, batch_size=8)
     torch.manual_seed(0)
     heads = ("coeng",) if lab is None else ("coeng", "semantic")
-    cfg = ModelConfig(heads=heads, content="none", hidden=(8,), features=("genres",))
-    model = MTMHModel(cfg, f.num_embeddings(), device="meta")
+    kind = "none" if content is None else "frozen"
+    cfg = ModelConfig(heads=heads, content=kind, hidden=(8,), features=("genres",))
+    model = MTMHModel(cfg, f.num_embeddings(), content, device="meta")
     tc = TrainerConfig(
         batch_size=8,
         max_steps=steps,
@@ -94,6 +96,29 @@ def test_labels_built_on_the_device_train_exactly_as_the_loaders(
     assert [r["rel"] for r in loader.losses] == [r["rel"] for r in device.losses]
     assert loader.losses == device.losses
     assert len({round(r["rel"], 6) for r in loader.losses}) > 1  # the semantic term is live
+
+
+class _DroppedContent(FrozenContent):
+    """Fixed vectors through dropout in training: a tower that draws from the global generator
+    every step, as MiniLM's dropout or LoRA's does inside a trainable content tower."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
+        self.drop = torch.nn.Dropout(p)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.drop(super().forward(codes))
+
+
+def test_a_resumed_run_draws_the_same_random_numbers(tmp_path: Path) -> None:
+    """The checkpoint carries the random generator's state: with dropout in the model, the run
+    resumed at step 10 follows the uninterrupted one exactly."""
+    full = tiny_fit(tmp_path / "full", 20, ckpt_every=5, content=_DroppedContent())
+    tiny_fit(tmp_path / "cut", 10, ckpt_every=5, content=_DroppedContent())
+    resumed = tiny_fit(tmp_path / "cut", 20, resume=True, ckpt_every=5, content=_DroppedContent())
+    assert resumed.losses == full.losses
+    undropped = tiny_fit(tmp_path / "p0", 20, content=_DroppedContent(p=0.0))
+    assert undropped.losses[:-1] != full.losses[:-1]  # the dropout is live in this model
 
 
 def test_loader_workers_default_to_the_device(monkeypatch: pytest.MonkeyPatch) -> None:

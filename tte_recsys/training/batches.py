@@ -244,7 +244,8 @@ def batch_loader(
     labels: bool = True,
 ) -> Iterator[PackedBatch]:
     """Packed batches for global steps ``start .. stop - 1``, prepared by ``num_workers`` worker
-    processes; ``.to(device)`` gives each :class:`Batch`.
+    processes; ``.to(device)`` gives each :class:`Batch`. Started on return: the workers are
+    running, and their base seed has been drawn from the global generator.
 
     ``pin_memory``: the loader's thread copies each buffer to page-locked memory, so that
     ``PackedBatch.to(cuda, non_blocking=True)`` neither stalls the host nor waits for the GPU.
@@ -260,4 +261,4 @@ def batch_loader(
         pin_memory=pin_memory,
         worker_init_fn=_worker_init,
     )
-    yield from loader
+    return iter(loader)

@@ -27,7 +27,7 @@ from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
 from tte_recsys.training.batches import PairBatches, batch_loader
-from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
 
 __all__ = ["TrainResult", "TrainerConfig", "fit"]
@@ -190,8 +190,9 @@ def fit(
         best_state=None, best_step=-1, best_score=-math.inf, device=str(device), plan=sharded.plan
     )
     bad, start = 0, 0
+    rng: dict[str, torch.Tensor] = {}
     if resume and (ck := latest_checkpoint(ckpt_dir)) is not None:
-        manifest = load_checkpoint(ck, sharded, rank, world)
+        manifest, rng = load_checkpoint(ck, sharded, rank, world)
         loop = manifest["loop"]
         start, bad = int(manifest["step"]), int(loop["bad"])
         result.best_step, result.best_score = int(loop["best_step"]), float(loop["best_score"])
@@ -225,9 +226,10 @@ def fit(
     if batches.labeler is not None and (cfg.labels_on_device or (cfg.labels_on_device is None and pin)):
         on_device = batches.labeler.on_device(device)
         log.info("batch labels built %s", "on " + str(device) if on_device else "by the loader")
-    loader = batch_loader(
+    loader = batch_loader(  # started: it has drawn its workers' seed from the global generator...
         batches, start, cfg.max_steps, loader_workers(cfg, device), pin_memory=pin, labels=on_device is None
     )
+    restore_rng(rng)  # ...so a resumed run takes the checkpoint's generator state after that draw
     t0 = time.perf_counter()
     for packed in loader:
         batch = packed.to(device, non_blocking=pin)
