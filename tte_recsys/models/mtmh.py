@@ -257,9 +257,8 @@ class TrainableContent(ContentTower):
         out = torch.cat([self.embedder(**self.embedder._batch([ids[i] for i in rows])) for rows in chunks])
         at = torch.empty(len(ids), dtype=torch.long)  # unique item -> its row of out
         at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
-        return out.float().to(codes.device)[
-            at.to(codes.device)[inverse]
-        ]  # (B, D); inverse is on codes' device
+        rows = at.to(codes.device)[inverse]  # code -> its row of out (inverse is on codes' device)
+        return out.float().to(codes.device)[rows]  # (B, D)
 
 
 class MTMHModel(nn.Module):
