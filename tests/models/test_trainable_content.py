@@ -88,3 +88,28 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients(tiny_qwen_
     assert ref_grads.keys() == grads.keys() and any(g.abs().sum() > 0 for g in grads.values())
     for n in ref_grads:
         torch.testing.assert_close(grads[n], ref_grads[n], msg=n)
+
+
+def test_gradients_of_repeated_items_add_up_in_the_same_order_every_time(tiny_qwen_dir: Path) -> None:
+    """A batch's popular items recur hundreds of times. Advanced indexing's backward on the CPU adds
+    their gradients with atomic float adds from several threads, in whichever order the threads
+    reach them: two runs of one config drifted apart in rounding from the second step on."""
+    emb = add_lora(build_embedder(str(tiny_qwen_dir), pooling="mean"), r=4)
+    emb.eval()
+    tower = TrainableContent(emb, TEXTS, chunk=2)
+    codes = torch.arange(4096) % len(TEXTS)  # every item repeated across the whole batch
+    weights = torch.randn(len(codes), emb.dim, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two threads (the CPU machines here have 2 cores)
+    try:
+        runs = []
+        for _ in range(5):
+            emb.zero_grad(set_to_none=True)
+            (tower(codes) * weights).sum().backward()
+            runs.append({n: p.grad.clone() for n, p in emb.named_parameters() if p.requires_grad})
+    finally:
+        torch.set_num_threads(threads)
+    assert any(g.abs().sum() > 0 for g in runs[0].values())
+    for other in runs[1:]:
+        for n, g in runs[0].items():
+            assert torch.equal(g, other[n]), n  # bit for bit, not within a tolerance

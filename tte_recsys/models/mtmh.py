@@ -207,7 +207,8 @@ class TrainableContent(ContentTower):
     popular items recur: 2,048 codes hold about 1,460 items on MovieLens train pairs and 1,070 on
     Amazon Office), in chunks of ``chunk`` items of similar token length, so padding stays small.
     Both matter for memory as well as time: the backward keeps every layer's activations of every
-    padded token. Gradients of repeated rows add up in the index backward, as they would per copy.
+    padded token. Gradients of repeated rows add up in the lookup's backward, as they would per
+    copy, in the same order on every run.
     ``checkpointing``: recompute the embedder's layer activations in the backward instead of
     keeping them (MiniLM + LoRA, Amazon Office, 128 pairs: 0.49x the memory, 1.72x the time of a
     forward + backward; ``bench/content_step.py``).
@@ -258,7 +259,11 @@ class TrainableContent(ContentTower):
         at = torch.empty(len(ids), dtype=torch.long)  # unique item -> its row of out
         at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
         rows = at.to(codes.device)[inverse]  # code -> its row of out (inverse is on codes' device)
-        return out.float().to(codes.device)[rows]  # (B, D)
+        # (B, D). Not out[rows]: on the CPU its backward adds the gradients of repeated items with
+        # atomic adds from several threads, in a different order each time (two runs of one config
+        # drifted apart in rounding). Embedding's backward sums them in a fixed order, and PyTorch
+        # does not list it among the nondeterministic CUDA ops either.
+        return F.embedding(rows, out.float().to(codes.device))
 
 
 class MTMHModel(nn.Module):
