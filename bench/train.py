@@ -39,7 +39,7 @@ from tte_recsys.data.split import temporal_split
 from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
-from tte_recsys.training.batches import Batch, PairBatches, collate
+from tte_recsys.training.batches import Batch, PairBatches, collate, epoch_pairs
 from tte_recsys.training.loop import TrainerConfig, fit, loader_workers
 from tte_recsys.training.sharding import process_group, shard_model
 
@@ -168,9 +168,11 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     mcfg = ModelConfig(features=("genres",))
     loss_cfg = LossConfig()
     heads = list(mcfg.heads)
-    src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
     tcfg = TrainerConfig(
         batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=args.workers
+    )
+    src, dst = epoch_pairs(
+        pairs["src"].to_numpy(), pairs["dst"].to_numpy(), pairs["count"].to_numpy(), tcfg.pair_weight
     )
     batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
     ne = features.num_embeddings()

@@ -46,7 +46,7 @@ from tte_recsys.models.mtmh import (
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
 from tte_recsys.serving.embed_job import load_vectors
 from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
-from tte_recsys.training.batches import PairBatches
+from tte_recsys.training.batches import PairBatches, epoch_pairs
 from tte_recsys.training.export import encode_items, save_export
 from tte_recsys.training.loop import TrainerConfig, TrainResult, fit
 from tte_recsys.training.sharding import process_group
@@ -165,8 +165,10 @@ class Trainer:
         self.cfg, self.ds, self.split, self.labeler, self.features = cfg, ds, split, labeler, features
         self.eval_cfg, self.out, self.rank, self.world = eval_cfg, out, rank, world
         self.trainer_cfg = trainer_cfg
-        pairs = split.train_pairs
-        self.src, self.dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
+        p = split.train_pairs
+        self.src, self.dst = epoch_pairs(
+            p["src"].to_numpy(), p["dst"].to_numpy(), p["count"].to_numpy(), trainer_cfg.pair_weight
+        )
 
     def vectors(self, model: MTMHModel, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         model.load_state_dict(state, strict=False)
@@ -428,6 +430,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dataset": ds.name,
             "dataset_stats": ds.stats(),
             "split": split.stats(),
+            "train_pairs": {  # what one epoch of every model's training goes through
+                "window": pairs_cfg.train_window or pairs_cfg.window,
+                "weight": trainer_cfg.pair_weight,
+                "per_epoch": len(t.src),
+            },
             "eval": {"ks": sorted(eval_cfg.ks), "select_k": k},
             "labels": dataclasses.asdict(label_cfg),
             "selection": {

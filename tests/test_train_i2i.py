@@ -386,7 +386,13 @@ def test_a_users_csv_through_the_tabular_adapter(
         "data.labels.fields={category: 1.0}",
         "data.item_features=[category]",
         "data.content_fields=[title,text]",
+        "data.pairs.train_window=3",
+        "trainer.pair_weight=count",
     )
+    # each distinct train pair (window 3) once per co-engagement counted
+    pairs = report["train_pairs"]
+    assert (pairs["window"], pairs["weight"]) == (3, "count")
+    assert pairs["per_epoch"] > report["split"]["train_pairs"] > 0
     sel = report["selection"]["mtmh"]
     row = report["methods"][MTMH_ROW.format(**sel)]
     assert (

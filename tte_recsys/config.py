@@ -31,12 +31,15 @@ class PairConfig:
         min_rating: keep only interactions with ``weight >= min_rating`` (``None``: keep all).
         symmetric: count both directions of every pair; otherwise only earlier -> later (and both
             directions for timestamp ties, whose order is unknown).
+        train_window: the window of the pairs the model *trains* on (``None``: ``window``). The
+            held-out positives always use ``window``, so this is a training choice, made on valid.
     """
 
     window: int | None = 5
     max_seconds: int | None = None
     min_rating: float | None = None
     symmetric: bool = True
+    train_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.window is None and self.max_seconds is None:
@@ -49,6 +52,10 @@ class PairConfig:
             )
         if self.max_seconds is not None and self.max_seconds < 0:
             raise ValueError(f"pairs.max_seconds={self.max_seconds}: expected >= 0")
+        if self.train_window is not None and self.train_window < 2:
+            raise ValueError(
+                f"pairs.train_window={self.train_window}: expected an integer >= 2, or null (= window)"
+            )
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,33 @@ def test_triggers_known_and_cold_flags_match_train_counts(ml_split) -> None:  # 
     assert s.test.cold.any()
 
 
+def test_train_window_changes_the_train_pairs_and_nothing_else(ml_split) -> None:  # type: ignore[no-untyped-def]
+    ds, s = ml_split
+    # train_window equal to window is the default split, pair for pair.
+    same = temporal_split(ds, PairConfig(train_window=5), SplitConfig())
+    assert same.train_pairs.equals(s.train_pairs)
+    wide = temporal_split(ds, PairConfig(train_window=10), SplitConfig())
+    # The held-out positives are defined by `window` alone.
+    for a, b in ((s.valid, wide.valid), (s.test, wide.test)):
+        np.testing.assert_array_equal(a.triggers, b.triggers)
+        np.testing.assert_array_equal(a.targets, b.targets)
+    np.testing.assert_array_equal(s.item_counts, wide.item_counts)
+    # A wider window keeps every narrow train pair, with at least its count, and adds others:
+    # exactly the pairs of the train log mined at window 10.
+    key = ["src", "dst"]
+    joined = s.train_pairs.join(wide.train_pairs, on=key, how="left", suffix="_wide")
+    assert joined["count_wide"].null_count() == 0
+    assert (joined["count_wide"] >= joined["count"]).all()
+    assert wide.train_pairs.height > s.train_pairs.height
+    expect = directed_pairs(mine_pairs(s.train, PairConfig(window=10)), True).select("src", "dst", "count")
+    assert wide.train_pairs.sort(key).equals(expect.sort(key))
+
+
+def test_train_window_below_two_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"pairs\.train_window=1"):
+        PairConfig(train_window=1)
+
+
 def test_split_rejects_a_log_without_time_spread() -> None:
     ds = make_dataset([("u", "A", 5), ("u", "B", 5), ("v", "A", 5)])
     with pytest.raises(ValueError, match="quantiles are equal"):

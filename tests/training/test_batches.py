@@ -9,7 +9,8 @@ from tests.conftest import make_dataset
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
-from tte_recsys.training.batches import PackedBatch, PairBatches, batch_loader, collate
+from tte_recsys.training.batches import PackedBatch, PairBatches, batch_loader, collate, epoch_pairs
+from tte_recsys.training.loop import TrainerConfig
 
 GENRES = {"a": ["x", "y"], "b": [], "c": ["y"], "d": ["z"], "e": ["x"]}
 
@@ -147,3 +148,25 @@ def test_cold_items_without_id_and_id_dropout() -> None:
     assert again["lengths"].tolist() == b["lengths"].tolist()  # seeded by step: resumable
     with pytest.raises(ValueError, match="id_dropout"):
         PairBatches(src, dst, plain, None, batch_size=40, id_dropout=1.0)
+
+
+def test_count_weighting_repeats_each_pair_by_its_count_and_moves_log_q() -> None:
+    f = ItemFeatures.from_items(_ds().items, ["genres"])
+    src, dst, count = np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([3, 1, 2])
+    u_src, u_dst = epoch_pairs(src, dst, count, "unique")
+    assert (u_src.tolist(), u_dst.tolist()) == ([0, 1, 2], [1, 2, 3])
+    c_src, c_dst = epoch_pairs(src, dst, count, "count")
+    assert list(zip(c_src.tolist(), c_dst.tolist(), strict=True)) == [(0, 1)] * 3 + [(1, 2)] + [(2, 3)] * 2
+    # One epoch of 6 pairs; target 1 is now half the targets, so its logQ is log(1/2), not log(1/3).
+    b = PairBatches(c_src, c_dst, f, None, batch_size=6)
+    got = dict(zip(b[0]["cand"].tolist(), b[0]["log_q"].tolist(), strict=True))
+    assert got == pytest.approx({1: np.log(3 / 6), 2: np.log(1 / 6), 3: np.log(2 / 6)})
+    with pytest.raises(ValueError, match="pair counts must be >= 1"):
+        epoch_pairs(src, dst, np.array([1, 0, 2]), "count")
+
+
+def test_trainer_config_rejects_an_unknown_pair_weight() -> None:
+    with pytest.raises(
+        ValueError, match=r"trainer\.pair_weight='sqrt': expected one of \['unique', 'count'\]"
+    ):
+        TrainerConfig(pair_weight="sqrt")

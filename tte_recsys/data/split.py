@@ -9,6 +9,7 @@ a target with no train interactions is *cold*. Models and baselines train on per
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +131,10 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
 
     pairs = directed_pairs(pairs, pairs_cfg.symmetric)
     train_pairs = pairs.filter(pl.col("period") == TRAIN).select("src", "dst", "count")
+    if pairs_cfg.train_window is not None and pairs_cfg.train_window != pairs_cfg.window:
+        # Train pairs lie within the train period, so mining the train log alone finds them all.
+        wide = dataclasses.replace(pairs_cfg, window=pairs_cfg.train_window)
+        train_pairs = directed_pairs(mine_pairs(train, wide), wide.symmetric).select("src", "dst", "count")
     first_period = pairs.group_by("src", "dst").agg(pl.col("period").min())
     evalsets = []
     for period in (VALID, TEST):

@@ -24,7 +24,9 @@ from torchrec import KeyedJaggedTensor
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.models.mtmh import ItemFeatures
 
-__all__ = ["Batch", "PackedBatch", "PairBatches", "batch_loader", "collate"]
+__all__ = ["PAIR_WEIGHTS", "Batch", "PackedBatch", "PairBatches", "batch_loader", "collate", "epoch_pairs"]
+
+PAIR_WEIGHTS = ("unique", "count")
 
 
 @dataclass
@@ -57,6 +59,26 @@ class Batch:
             v = getattr(self, f.name)
             out[f.name] = None if v is None else v.to(device, non_blocking=non_blocking)
         return Batch(**out)
+
+
+def epoch_pairs(
+    src: np.ndarray, dst: np.ndarray, count: np.ndarray, weight: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (trigger, target) pairs one epoch goes through (``TrainerConfig.pair_weight``).
+
+    ``unique``: each distinct pair once. ``count``: each pair once per time the train windows saw
+    it, so pairs many users repeat weigh more, in the loss and in the logQ frequencies alike.
+
+    Args:
+        src, dst, count: (P,) distinct train pairs and their counts (``TemporalSplit.train_pairs``).
+        weight: one of :data:`PAIR_WEIGHTS` (validated by ``TrainerConfig``).
+    """
+    if weight == "unique":
+        return np.asarray(src), np.asarray(dst)
+    count = np.asarray(count, np.int64)
+    if len(count) and count.min() < 1:
+        raise ValueError(f"pair counts must be >= 1, got {count.min()}")
+    return np.repeat(src, count), np.repeat(dst, count)
 
 
 class PairBatches(Dataset[dict[str, np.ndarray]]):

@@ -26,7 +26,7 @@ from tte_recsys.artifacts import atomic_path
 from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
-from tte_recsys.training.batches import PairBatches, batch_loader
+from tte_recsys.training.batches import PAIR_WEIGHTS, PairBatches, batch_loader
 from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
 
@@ -52,6 +52,8 @@ class TrainerConfig:
             train), on a GPU half of this process's share of the cores, at most 8 (the H100
             loop needed 4-8 to keep up: README Benchmarks).
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
+        pair_weight: ``unique`` (each distinct train pair once per epoch) or ``count`` (once per
+            co-engagement counted): see :func:`~tte_recsys.training.batches.epoch_pairs`.
         labels_on_device: build each batch's label matrix on the training device from the
             labeler's item tables (``DeviceLabels``) instead of in the loader; None: on a GPU.
             Labels whose item tables would not fit there (``RelevanceLabeler.on_device``) stay in
@@ -70,6 +72,7 @@ class TrainerConfig:
     keep_ckpts: int = 2
     num_workers: int | None = None
     id_dropout: float = 0.0
+    pair_weight: str = "unique"
     labels_on_device: bool | None = None
     seed: int = 0
 
@@ -83,6 +86,10 @@ class TrainerConfig:
         for name in ("sparse_lr", "dense_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected > 0")
+        if self.pair_weight not in PAIR_WEIGHTS:
+            raise ValueError(
+                f"trainer.pair_weight={self.pair_weight!r}: expected one of {list(PAIR_WEIGHTS)}"
+            )
 
 
 @dataclass
