@@ -171,9 +171,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     tcfg = TrainerConfig(
         batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=args.workers
     )
-    src, dst = epoch_pairs(
-        pairs["src"].to_numpy(), pairs["dst"].to_numpy(), pairs["count"].to_numpy(), tcfg.pair_weight
-    )
+    src, dst = epoch_pairs(pairs, tcfg.pair_weight)
     batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
     ne = features.num_embeddings()
     workers = loader_workers(tcfg, local_device())

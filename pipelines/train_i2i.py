@@ -165,10 +165,7 @@ class Trainer:
         self.cfg, self.ds, self.split, self.labeler, self.features = cfg, ds, split, labeler, features
         self.eval_cfg, self.out, self.rank, self.world = eval_cfg, out, rank, world
         self.trainer_cfg = trainer_cfg
-        p = split.train_pairs
-        self.src, self.dst = epoch_pairs(
-            p["src"].to_numpy(), p["dst"].to_numpy(), p["count"].to_numpy(), trainer_cfg.pair_weight
-        )
+        self.src, self.dst = epoch_pairs(split.train_pairs, trainer_cfg.pair_weight)
 
     def vectors(self, model: MTMHModel, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         model.load_state_dict(state, strict=False)

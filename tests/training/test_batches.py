@@ -152,17 +152,17 @@ def test_cold_items_without_id_and_id_dropout() -> None:
 
 def test_count_weighting_repeats_each_pair_by_its_count_and_moves_log_q() -> None:
     f = ItemFeatures.from_items(_ds().items, ["genres"])
-    src, dst, count = np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([3, 1, 2])
-    u_src, u_dst = epoch_pairs(src, dst, count, "unique")
+    pairs = {"src": np.array([0, 1, 2]), "dst": np.array([1, 2, 3]), "count": np.array([3, 1, 2])}
+    u_src, u_dst = epoch_pairs(pairs, "unique")
     assert (u_src.tolist(), u_dst.tolist()) == ([0, 1, 2], [1, 2, 3])
-    c_src, c_dst = epoch_pairs(src, dst, count, "count")
+    c_src, c_dst = epoch_pairs(pairs, "count")
     assert list(zip(c_src.tolist(), c_dst.tolist(), strict=True)) == [(0, 1)] * 3 + [(1, 2)] + [(2, 3)] * 2
     # One epoch of 6 pairs; target 1 is now half the targets, so its logQ is log(1/2), not log(1/3).
     b = PairBatches(c_src, c_dst, f, None, batch_size=6)
     got = dict(zip(b[0]["cand"].tolist(), b[0]["log_q"].tolist(), strict=True))
     assert got == pytest.approx({1: np.log(3 / 6), 2: np.log(1 / 6), 3: np.log(2 / 6)})
     with pytest.raises(ValueError, match="pair counts must be >= 1"):
-        epoch_pairs(src, dst, np.array([1, 0, 2]), "count")
+        epoch_pairs({**pairs, "count": np.array([1, 0, 2])}, "count")
 
 
 def test_trainer_config_rejects_an_unknown_pair_weight() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,21 +61,27 @@ class Batch:
         return Batch(**out)
 
 
-def epoch_pairs(
-    src: np.ndarray, dst: np.ndarray, count: np.ndarray, weight: str
-) -> tuple[np.ndarray, np.ndarray]:
+class _Columns(Protocol):
+    """A table by column name: a polars frame, or a dict of arrays."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def epoch_pairs(pairs: _Columns, weight: str) -> tuple[np.ndarray, np.ndarray]:
     """The (trigger, target) pairs one epoch goes through (``TrainerConfig.pair_weight``).
 
     ``unique``: each distinct pair once. ``count``: each pair once per time the train windows saw
     it, so pairs many users repeat weigh more, in the loss and in the logQ frequencies alike.
 
     Args:
-        src, dst, count: (P,) distinct train pairs and their counts (``TemporalSplit.train_pairs``).
+        pairs: columns ``src``, ``dst``, ``count`` of the distinct train pairs
+            (``TemporalSplit.train_pairs``, or a dict of (P,) arrays).
         weight: one of :data:`PAIR_WEIGHTS` (validated by ``TrainerConfig``).
     """
+    src, dst = np.asarray(pairs["src"]), np.asarray(pairs["dst"])
     if weight == "unique":
-        return np.asarray(src), np.asarray(dst)
-    count = np.asarray(count, np.int64)
+        return src, dst
+    count = np.asarray(pairs["count"], np.int64)
     if len(count) and count.min() < 1:
         raise ValueError(f"pair counts must be >= 1, got {count.min()}")
     return np.repeat(src, count), np.repeat(dst, count)
