@@ -226,6 +226,7 @@ class Trainer:
             self.rank,
             self.world,
             tc.id_dropout,
+            tc.uniform_negatives,
         )
         # Every rank passes a validator (the schedule of collectives must match); only rank 0 calls it.
         validate = partial(self.valid_score, eval_model)

@@ -144,6 +144,9 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tm
     # each rank's labels built on its device (a GPU run's path) against every global candidate
     _finish(_launch([*args, "trainer.labels_on_device=true"], tmp_path / "two_dev", 2))
     assert _report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
+    # uniform negatives: each rank draws its share, and the gathered candidates line up
+    with_uniform = one_then_two_processes([*args, "trainer.uniform_negatives=16"], tmp_path / "mns", 30)
+    assert with_uniform != b
 
 
 @pytest.mark.slow
@@ -388,11 +391,13 @@ def test_a_users_csv_through_the_tabular_adapter(
         "data.content_fields=[title,text]",
         "data.pairs.train_window=3",
         "trainer.pair_weight=count",
+        "trainer.uniform_negatives=16",
     )
     # each distinct train pair (window 3) once per co-engagement counted
     pairs = report["train_pairs"]
     assert (pairs["window"], pairs["weight"]) == (3, "count")
     assert pairs["per_epoch"] > report["split"]["train_pairs"] > 0
+    assert "uniform_negatives: 16" in (tmp_path / "out" / "config.yaml").read_text()
     sel = report["selection"]["mtmh"]
     row = report["methods"][MTMH_ROW.format(**sel)]
     assert (

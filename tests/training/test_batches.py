@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import make_dataset
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
-from tte_recsys.training.batches import PackedBatch, PairBatches, batch_loader, collate, epoch_pairs
+from tte_recsys.training.batches import (
+    PackedBatch,
+    PairBatches,
+    batch_loader,
+    collate,
+    epoch_pairs,
+    mixed_log_q,
+)
 from tte_recsys.training.loop import TrainerConfig
 
 GENRES = {"a": ["x", "y"], "b": [], "c": ["y"], "d": ["z"], "e": ["x"]}
@@ -170,3 +179,67 @@ def test_trainer_config_rejects_an_unknown_pair_weight() -> None:
         ValueError, match=r"trainer\.pair_weight='sqrt': expected one of \['unique', 'count'\]"
     ):
         TrainerConfig(pair_weight="sqrt")
+
+
+def test_mixed_log_q_is_the_expected_count_among_the_candidates() -> None:
+    counts = np.array([3.0, 1.0, 0.0, 0.0])
+    # no uniform negatives: the target frequency, -inf where an item is never a target
+    np.testing.assert_allclose(mixed_log_q(counts, 2, 0), np.log([0.75, 0.25, 0.0, 0.0]))
+    # 2 targets and 2 uniform draws over 4 items: item j is expected 2 p_j + 2 / 4 times;
+    # divided by the batch size 2: p_j + 1/4
+    np.testing.assert_allclose(mixed_log_q(counts, 2, 2), np.log([1.0, 0.5, 0.25, 0.25]), rtol=1e-6)
+
+
+def test_uniform_negatives_join_the_candidates_of_every_rank() -> None:
+    """Each rank adds its share of the step's uniform draws; the global candidates, labels, logQ,
+    duplicate mask and positives line up, so two ranks' losses average to the one-rank loss."""
+    ds = _ds()
+    f = ItemFeatures.from_items(ds.items, ["genres"])
+    lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
+    rng = np.random.default_rng(1)
+    src, dst = rng.integers(0, 5, 40), rng.integers(0, 3, 40)  # items 3 and 4 are never targets
+    one = PairBatches(src, dst, f, lab, batch_size=8, seed=3, uniform_negatives=6)
+    halves = [
+        PairBatches(src, dst, f, lab, batch_size=8, seed=3, rank=r, world_size=2, uniform_negatives=6)
+        for r in (0, 1)
+    ]
+    table = torch.nn.functional.normalize(
+        torch.randn(f.num_items, 4, generator=torch.Generator().manual_seed(0))
+    )
+    cfg = LossConfig(lam=1.0, alpha=0.5)
+    seen_cold = False
+    for step in (0, 3, 6):
+        full, parts = one[step], [h[step] for h in halves]
+        neg = full["codes"][16:]
+        assert len(neg) == 6 and len(full["cand"]) == 14
+        seen_cold |= bool(np.isin(neg, [3, 4]).any())
+        np.testing.assert_array_equal(full["cand"], np.concatenate([full["codes"][8:16], neg]))
+        np.testing.assert_array_equal(full["cand"][full["pos"]], full["codes"][8:16])  # own targets
+        np.testing.assert_array_equal(full["log_q"], one.log_q[full["cand"]])
+        assert np.isfinite(full["log_q"]).all()  # never-target items are candidates now
+        np.testing.assert_array_equal(full["labels"], lab.cross(full["codes"][:8], full["cand"]))
+        batch = collate(f, full)
+        np.testing.assert_array_equal(batch.mask.numpy(), full["codes"][8:16, None] == full["cand"][None, :])
+        assert batch.features.stride() == 22
+        # rank r holds (triggers, targets, negatives) of its share; the gathered candidates are
+        # each rank's targets then its negatives, the order the loop's all_gather produces
+        gathered = np.concatenate([p["codes"][4:] for p in parts])
+        for p in parts:
+            np.testing.assert_array_equal(p["cand"], gathered)
+            np.testing.assert_array_equal(p["cand"][p["pos"]], p["codes"][4:8])
+        assert sorted(gathered.tolist()) == sorted(full["cand"].tolist())
+
+        def loss(arrays: dict[str, np.ndarray], cand: np.ndarray) -> torch.Tensor:
+            b = collate(f, arrays)
+            e = table[torch.from_numpy(arrays["codes"])]
+            heads = {h: e[: len(b.pos)] for h in ("coeng", "semantic")}
+            c = {h: table[torch.from_numpy(cand)] for h in ("coeng", "semantic")}
+            return mtmh_loss(heads, c, b.pos, b.labels, cfg, b.log_q, b.mask)["loss"]
+
+        two = (loss(parts[0], gathered) + loss(parts[1], gathered)) / 2
+        torch.testing.assert_close(two, loss(full, full["cand"]))
+    assert seen_cold
+    with pytest.raises(ValueError, match=r"trainer\.uniform_negatives=3: expected >= 0 and divisible"):
+        PairBatches(src, dst, f, lab, batch_size=8, world_size=2, uniform_negatives=3)
+    with pytest.raises(ValueError, match=r"trainer\.uniform_negatives=-1: expected >= 0"):
+        TrainerConfig(uniform_negatives=-1)

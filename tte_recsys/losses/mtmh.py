@@ -1,7 +1,7 @@
 """The MTMH losses (DESIGN.md, "MTMH model and losses"): pure functions of embeddings and labels.
 
 Shapes: ``b`` query rows (this process's triggers), ``B`` in-batch candidates (every process's
-targets; ``B == b`` in one process). Row ``i``'s own positive is candidate ``pos[i]``.
+targets, and any uniform negatives; ``B == b`` in one process without them). Row ``i``'s own positive is candidate ``pos[i]``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def sampled_softmax_logq(
 
     Args:
         queries: (b, D). candidates: (B, D). pos: (b,) index of each row's positive in ``candidates``.
-        log_q: (B,) log sampling probability of each candidate, or None (no correction).
+        log_q: (B,) log sampling probability of each candidate (up to a constant), or None (no
+            correction).
         mask: (b, B) True where a candidate must not count as a negative (e.g. the same item as the
             positive appearing twice); the positive itself is never masked.
 

@@ -24,7 +24,16 @@ from torchrec import KeyedJaggedTensor
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.models.mtmh import ItemFeatures
 
-__all__ = ["PAIR_WEIGHTS", "Batch", "PackedBatch", "PairBatches", "batch_loader", "collate", "epoch_pairs"]
+__all__ = [
+    "PAIR_WEIGHTS",
+    "Batch",
+    "PackedBatch",
+    "PairBatches",
+    "batch_loader",
+    "collate",
+    "epoch_pairs",
+    "mixed_log_q",
+]
 
 PAIR_WEIGHTS = ("unique", "count")
 
@@ -34,14 +43,14 @@ class Batch:
     """One rank's share of a global batch.
 
     Attributes:
-        features: KJT over ``codes`` (this rank's b triggers, then its b targets).
-        codes: (2b,) item codes.
+        features: KJT over ``codes`` (this rank's b triggers, its b targets, its u uniform negatives).
+        codes: (2b + u,) item codes.
         pos: (b,) index of each trigger's own target among the global candidates.
         labels: (b, B) relevance of each trigger to every global candidate (None: not needed, or
             built on the training device: ``DeviceLabels``).
-        log_q: (B,) log frequency of each global candidate as a training target.
+        log_q: (B,) log expected count of each global candidate in a batch (:func:`mixed_log_q`).
         mask: (b, B) True where a candidate is the same item as the row's positive.
-        cand: (B,) item codes of the global candidates (every rank's targets).
+        cand: (B,) item codes of the global candidates (every rank's targets and uniform negatives).
     """
 
     features: KeyedJaggedTensor
@@ -87,6 +96,21 @@ def epoch_pairs(pairs: _Columns, weight: str) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(src, count), np.repeat(dst, count)
 
 
+def mixed_log_q(counts: np.ndarray, batch_size: int, uniform: int) -> np.ndarray:
+    """log Q of each item as a candidate: its expected count among a batch's candidates, up to a
+    constant (which a softmax row ignores).
+
+    A batch holds ``batch_size`` targets, each item j with probability ``p_j = counts_j / sum``,
+    plus ``uniform`` items drawn uniformly from the N catalog items, so item j is expected
+    ``batch_size * p_j + uniform / N`` times; this returns ``log(p_j + uniform / (batch_size * N))``.
+    Without uniform negatives that is ``log p_j`` (-inf for an item that is never a target, and
+    so never a candidate).
+    """
+    p = counts / counts.sum()
+    with np.errstate(divide="ignore"):
+        return np.log(p + uniform / (batch_size * len(counts))).astype(np.float32)
+
+
 class PairBatches(Dataset[dict[str, np.ndarray]]):
     """Map-style dataset: global step -> this rank's batch arrays (see :func:`collate`).
 
@@ -98,6 +122,10 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         id_dropout: share of batch items whose id feature is left out (seeded by step), so the
             model learns to place items from their other features and content: how it sees a cold
             item, whose id embedding never trained.
+        uniform_negatives: items drawn uniformly from the whole catalog per global batch and added
+            to the candidates (mixed negative sampling, Yang et al., 2020): in-batch candidates are
+            only items that are someone's train target, so items that never are (cold, long tail)
+            are never scored in training. Each rank draws its share; divisible by ``world_size``.
     """
 
     def __init__(
@@ -111,12 +139,18 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         rank: int = 0,
         world_size: int = 1,
         id_dropout: float = 0.0,
+        uniform_negatives: int = 0,
     ) -> None:
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"trainer.id_dropout={id_dropout}: expected 0 <= p < 1")
         if batch_size % world_size:
             raise ValueError(
                 f"trainer.batch_size={batch_size} must be divisible by the world size {world_size}"
+            )
+        if uniform_negatives < 0 or uniform_negatives % world_size:
+            raise ValueError(
+                f"trainer.uniform_negatives={uniform_negatives}: expected >= 0 and divisible by the "
+                f"world size {world_size}"
             )
         if len(src) < batch_size:
             raise ValueError(
@@ -125,10 +159,9 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         self.src, self.dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
         self.features, self.labeler = features, labeler
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.id_dropout = id_dropout
+        self.id_dropout, self.uniform = id_dropout, uniform_negatives
         counts = np.bincount(self.dst, minlength=features.num_items).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            self.log_q = np.log(counts / counts.sum()).astype(np.float32)  # (N,)
+        self.log_q = mixed_log_q(counts, batch_size, uniform_negatives)  # (N,)
         self._perm: tuple[int, np.ndarray] | None = None
 
     @property
@@ -149,13 +182,25 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         return self.arrays(step)
 
     def arrays(self, step: int, labels: bool = True) -> dict[str, np.ndarray]:
-        """The batch of global step ``step`` (``labels=False``: without the label matrix)."""
+        """The batch of global step ``step`` (``labels=False``: without the label matrix).
+
+        ``codes`` are this rank's b triggers, its b targets, then its u uniform negatives; ``cand``
+        lists the global candidates in the order the loop gathers them (each rank's targets then
+        its negatives), and ``pos`` each trigger's own target among them.
+        """
         idx = self.pairs_of_step(step)
         src, dst = self.src[idx], self.dst[idx]  # (B,)
-        b = self.batch_size // self.world
+        b, u = self.batch_size // self.world, self.uniform // self.world
         lo = self.rank * b
         q, t = src[lo : lo + b], dst[lo : lo + b]  # (b,)
-        codes = np.concatenate([q, t])
+        cand, codes = dst, np.concatenate([q, t])
+        if u:
+            neg = np.random.default_rng([self.seed, step, 2]).integers(
+                0, self.features.num_items, self.uniform
+            )
+            parts = [(dst[r * b : (r + 1) * b], neg[r * u : (r + 1) * u]) for r in range(self.world)]
+            cand = np.concatenate([a for pair in parts for a in pair])
+            codes = np.concatenate([q, t, parts[self.rank][1]])
         drop = None
         if self.id_dropout > 0:
             drop = np.random.default_rng([self.seed, step, self.rank, 1]).random(len(codes)) < self.id_dropout
@@ -164,12 +209,12 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
             "codes": codes,
             "values": values,
             "lengths": lengths,
-            "pos": np.arange(lo, lo + b),
-            "log_q": self.log_q[dst],
-            "cand": dst,
+            "pos": np.arange(b) + self.rank * (b + u),
+            "log_q": self.log_q[cand],
+            "cand": cand,
         }
         if labels and self.labeler is not None:
-            out["labels"] = self.labeler.cross(q, dst)
+            out["labels"] = self.labeler.cross(q, cand)
         return out
 
 
@@ -233,8 +278,8 @@ class PackedBatch:
             stride=len(t["codes"]),
             length_per_key=list(self.length_per_key),
         )
-        codes, cand = t["codes"], t["cand"]
-        mask = codes[len(t["pos"]) :, None] == cand[None, :]  # the rows' positives among the candidates
+        codes, cand, b = t["codes"], t["cand"], len(t["pos"])
+        mask = codes[b : 2 * b, None] == cand[None, :]  # the rows' positives among the candidates
         return Batch(features, codes, t["pos"], t.get("labels"), t["log_q"], mask, cand)
 
 

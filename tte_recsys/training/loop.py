@@ -52,6 +52,8 @@ class TrainerConfig:
             train), on a GPU half of this process's share of the cores, at most 8 (the H100
             loop needed 4-8 to keep up: README Benchmarks).
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
+        uniform_negatives: catalog items drawn uniformly per global batch as extra candidates
+            (mixed negative sampling, see ``PairBatches``); 0: in-batch targets only.
         pair_weight: ``unique`` (each distinct train pair once per epoch) or ``count`` (once per
             co-engagement counted): see :func:`~tte_recsys.training.batches.epoch_pairs`.
         labels_on_device: build each batch's label matrix on the training device from the
@@ -72,6 +74,7 @@ class TrainerConfig:
     keep_ckpts: int = 2
     num_workers: int | None = None
     id_dropout: float = 0.0
+    uniform_negatives: int = 0
     pair_weight: str = "unique"
     labels_on_device: bool | None = None
     seed: int = 0
@@ -80,7 +83,7 @@ class TrainerConfig:
         for name in ("batch_size", "max_steps", "patience", "keep_ckpts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
-        for name in ("eval_every", "ckpt_every", "num_workers"):
+        for name in ("eval_every", "ckpt_every", "num_workers", "uniform_negatives"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 0")
         for name in ("sparse_lr", "dense_lr"):
