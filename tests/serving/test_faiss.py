@@ -4,6 +4,7 @@ the in-memory model's, per-query errors, and manifest tampering refused."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,35 @@ def test_results_carry_head_and_score_and_errors_are_per_query(bundle: tuple[Pat
     assert by_vec.hits[0].head == "coeng" and by_vec.hits[0].score == pytest.approx(
         float(best.max()), abs=1e-5
     )
+
+
+def test_query_cli_prints_the_neighbours_and_writes_nothing(
+    bundle: tuple[Path, Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    """``python -m pipelines.query``: the served list on stdout, in the Retriever's order; an unknown
+    id is an error naming it with exit status 2; the working directory stays empty (no Hydra log)."""
+    _, b, _ = bundle
+    r = Retriever.load(b)
+    first = r.item_ids[0]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    def query(item: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "pipelines.query", f"bundle_dir={b}", f"item_id={item}", "k=5"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    ok = query(first)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    rows = [line.split() for line in ok.stdout.splitlines()[2:]]
+    want = r.search([first], 5)[0].hits
+    assert [(row[0], row[2], row[3]) for row in rows] == [
+        (str(n), h.head, h.item_id) for n, h in enumerate(want, 1)
+    ]
+    bad = query("no-such-item")
+    assert bad.returncode == 2 and "no-such-item" in bad.stderr and not bad.stdout
+    assert list(cwd.iterdir()) == []
 
 
 def _fix_sha(b: Path, rel: str) -> None:
