@@ -1,7 +1,8 @@
 """The MTMH losses (DESIGN.md, "MTMH model and losses"): pure functions of embeddings and labels.
 
 Shapes: ``b`` query rows (this process's triggers), ``B`` in-batch candidates (every process's
-targets, and any uniform negatives; ``B == b`` in one process without them). Row ``i``'s own positive is candidate ``pos[i]``.
+targets, and any uniform negatives; ``B == b`` in one process without them). Row ``i``'s own
+positive is candidate ``pos[i]``.
 """
 
 from __future__ import annotations

@@ -278,9 +278,9 @@ class PackedBatch:
             stride=len(t["codes"]),
             length_per_key=list(self.length_per_key),
         )
-        codes, cand, b = t["codes"], t["cand"], len(t["pos"])
-        mask = codes[b : 2 * b, None] == cand[None, :]  # the rows' positives among the candidates
-        return Batch(features, codes, t["pos"], t.get("labels"), t["log_q"], mask, cand)
+        cand, pos = t["cand"], t["pos"]
+        mask = cand[pos][:, None] == cand[None, :]  # the rows' positives among the candidates
+        return Batch(features, t["codes"], pos, t.get("labels"), t["log_q"], mask, cand)
 
 
 def collate(features: ItemFeatures, arrays: dict[str, np.ndarray]) -> Batch:
