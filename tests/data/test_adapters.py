@@ -67,3 +67,22 @@ def test_tabular_adapter_mapping_errors(tmp_path: Path) -> None:
             interactions_path=str(lp),
             item_columns={"item_id": "item_id", "title": "name"},
         ).load()
+
+
+def test_tabular_adapter_drops_unknown_log_items_on_request(tmp_path: Path) -> None:
+    ip, lp = _tabular_files(tmp_path, "csv")
+    pl.read_csv(ip).filter(pl.col("sku") != "c").write_csv(ip)  # "c" delisted; the log still names it
+    kw = dict(
+        items_path=str(ip),
+        interactions_path=str(lp),
+        item_columns={"item_id": "sku", "title": "name"},
+        interaction_columns={"user_id": "who", "item_id": "sku", "timestamp": "when"},
+    )
+    with pytest.raises(
+        ValueError, match=r"log\.csv, column item_id: 1 interaction\(s\) .*unknown_items=drop"
+    ):
+        TabularAdapter(**kw).load()
+    ds = TabularAdapter(**kw, unknown_items="drop").load()
+    assert ds.interactions["item_id"].to_list() == ["a", "b"]
+    with pytest.raises(ValueError, match=r"data\.adapter\.unknown_items: expected error or drop, got 'skip'"):
+        TabularAdapter(**kw, unknown_items="skip").load()

@@ -115,9 +115,34 @@ def test_unknown_items_in_interactions(tmp_path: Path) -> None:
     log = _log(tmp_path, "u,i,t,r\na,1,5,4\nb,9,6,4\n")
     with pytest.raises(
         DataValidationError,
-        match=r"log\.csv, column item_id: 1 interaction\(s\) name items not in the catalog items\.csv \(row 2: '9'\)",
+        match=r"log\.csv, column item_id: 1 interaction\(s\) name items not in the catalog items\.csv \(row 2: '9'\)"
+        r".*data\.adapter\.unknown_items=drop",
     ):
         check_interaction_items(log, items, "log.csv", "items.csv")
+
+
+def test_unknown_items_dropped_on_request_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = _items(tmp_path, "id,name,cat\n1,A,x\n2,B,y\n")
+    log = _log(tmp_path, "u,i,t,r\na,1,5,4\nb,9,6,4\nb,2,7,4\nc,8,8,4\n")
+    assert check_interaction_items(log, items, "log.csv", "items.csv", drop=True)["item_id"].to_list() == [
+        "1",
+        "2",
+    ]
+    assert "2 interaction(s) name items not in the catalog items.csv (row 2: '9', row 4: '8')" in caplog.text
+    assert "2 interaction(s) kept" in caplog.text
+    known = log.filter(pl.col("item_id") != "9").filter(pl.col("item_id") != "8")
+    assert check_interaction_items(known, items, "log.csv", "items.csv").equals(known)
+
+
+def test_a_log_with_no_catalog_item_is_an_error_even_when_dropping(tmp_path: Path) -> None:
+    items = _items(tmp_path, "id,name,cat\n1,A,x\n")
+    log = _log(tmp_path, "u,i,t,r\na,7,5,4\nb,9,6,4\n")
+    with pytest.raises(
+        DataValidationError, match=r"2 interaction\(s\) .* that is all of them; do the two files"
+    ):
+        check_interaction_items(log, items, "log.csv", "items.csv", drop=True)
 
 
 def _listed(tmp_path: Path, text: str, time_format: str | None = None) -> pl.DataFrame:

@@ -154,6 +154,8 @@ class TabularAdapter:
             and optionally ``weight``.
         time_format: strftime-style format for text timestamps (None: integers or ISO-8601).
         separator: delimiter for text files (None: by extension).
+        unknown_items: ``error`` (default) when the log names items the catalog lacks, or ``drop``
+            to leave those interactions out with a warning that counts them.
     """
 
     items_path: str
@@ -167,10 +169,15 @@ class TabularAdapter:
     )
     time_format: str | None = None
     separator: str | None = None
+    unknown_items: str = "error"
     name: str = "tabular"
 
     def load(self) -> Dataset:
         # A column mapped to None is absent (the config lists the optional ones as null).
+        if self.unknown_items not in ("error", "drop"):
+            raise ValueError(
+                f"data.adapter.unknown_items: expected error or drop, got {self.unknown_items!r}"
+            )
         ic = {k: v for k, v in self.item_columns.items() if v is not None}
         xc = {k: v for k, v in self.interaction_columns.items() if v is not None}
         for role, have, need, opt in (
@@ -208,5 +215,7 @@ class TabularAdapter:
             weight_col=xc.get("weight"),
             time_format=self.time_format,
         )
-        check_interaction_items(inter, items, self.interactions_path, self.items_path)
+        inter = check_interaction_items(
+            inter, items, self.interactions_path, self.items_path, drop=self.unknown_items == "drop"
+        )
         return Dataset.build(self.name, items, inter)

@@ -12,11 +12,14 @@ Every check raises :class:`DataValidationError` naming the file, the column, exa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AttributeColumn",
@@ -281,13 +284,30 @@ def canonical_interactions(
 
 
 def check_interaction_items(
-    interactions: pl.DataFrame, items: pl.DataFrame, source: str, catalog: str
-) -> None:
-    """Raise if an interaction names an item that is not in the catalog."""
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    source: str,
+    catalog: str,
+    drop: bool = False,
+) -> pl.DataFrame:
+    """Return the interactions whose item is in the catalog.
+
+    An interaction that names another item is an error, or with ``drop`` left out (a log often
+    outlives the catalog snapshot it is joined with: delisted items), with a warning that counts
+    them. Dropping every interaction is an error either way.
+    """
+    known = pl.col("item_id").is_in(items["item_id"].implode())
     df = interactions.with_columns((pl.int_range(pl.len()) + 1).alias(_ROW))
-    n, shown = _examples(df, ~pl.col("item_id").is_in(items["item_id"].implode()), "item_id")
-    if n:
+    n, shown = _examples(df, ~known, "item_id")
+    if not n:
+        return interactions
+    what = f"{source}, column item_id: {n} interaction(s) name items not in the catalog {catalog} ({shown})"
+    if n == interactions.height:
+        raise DataValidationError(f"{what}: that is all of them; do the two files use the same item ids?")
+    if not drop:
         raise DataValidationError(
-            f"{source}, column item_id: {n} interaction(s) name items not in the catalog "
-            f"{catalog} ({shown}); expected every item id to appear in the catalog"
+            f"{what}; expected every item id to appear in the catalog, "
+            "or set data.adapter.unknown_items=drop to leave those interactions out"
         )
+    log.warning("%s: left out (unknown_items=drop), %d interaction(s) kept", what, interactions.height - n)
+    return interactions.filter(known)
