@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
@@ -15,6 +14,7 @@ from tte_recsys.data.split import EvalSet, TemporalSplit
 from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity
 from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
 from tte_recsys.evaluation.retrieval import Retriever
+from tte_recsys.progress import progress
 
 __all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever", "retrieve_all"]
 
@@ -25,7 +25,7 @@ Metrics = dict[str, float]
 def retrieve_all(retriever: Retriever, triggers: np.ndarray, k: int, batch_size: int) -> np.ndarray:
     """(T,) triggers -> (T, k) codes, in batches; checks the Retriever contract."""
     out = []
-    for start in tqdm(
+    for start in progress(
         range(0, len(triggers), batch_size),
         desc=f"retrieve {retriever.name}",
         leave=False,
@@ -83,7 +83,7 @@ def evaluate_baselines(
 
     grid: dict[str, float] = {}
     best: tuple[float, EASE] | None = None
-    for lam in tqdm(cfg.ease_lambdas, desc="EASE lambda on valid", leave=False):
+    for lam in progress(cfg.ease_lambdas, desc="EASE lambda on valid", leave=False):
         model = EASE(split, num_users, lam, cfg.ease_max_items)
         v = score(model, split.valid)[key]
         grid[str(lam)] = v
@@ -100,7 +100,7 @@ def evaluate_baselines(
         **(extra or {}),
     }
     results = {
-        name: score(make(), split.test) for name, make in tqdm(makers.items(), desc="baselines on test")
+        name: score(make(), split.test) for name, make in progress(makers.items(), desc="baselines on test")
     }
     selection: dict[str, object] = {
         "ease": {"valid_" + key: grid, "lambda": best[1].lam, "items": len(best[1].active)}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import read_manifest, write_json, write_parquet
+from tte_recsys.progress import progress
 from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.items import ItemInput, embedding_text
 
@@ -75,7 +75,7 @@ def write_shards(
     n_shards = math.ceil(num_items / spec.shard_size)
     mine = list(range(rank, n_shards, world_size))
     stats = {"shards_written": 0, "shards_skipped": 0, "items_embedded": 0}
-    for c in tqdm(mine, desc=f"{desc} rank {rank}", disable=len(mine) < 2):
+    for c in progress(mine, desc=f"{desc} rank {rank}", disable=len(mine) < 2):
         path = out_dir / SHARDS / f"part-{c:05d}.parquet"
         if path.is_file():
             stats["shards_skipped"] += 1

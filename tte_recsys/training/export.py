@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import (
     atomic_path,
@@ -41,6 +40,7 @@ from tte_recsys.models.mtmh import (
     MTMHModel,
     TrainableContent,
 )
+from tte_recsys.progress import progress
 
 __all__ = ["ExportedModel", "encode_items", "load_export", "save_export"]
 
@@ -176,7 +176,7 @@ def encode_items(
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {h: [] for h in model.cfg.heads}
-    for start in tqdm(
+    for start in progress(
         range(0, len(codes), batch_size), desc="encode items", leave=False, disable=len(codes) <= batch_size
     ):
         c = codes[start : start + batch_size]

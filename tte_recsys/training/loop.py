@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import atomic_path
 from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
+from tte_recsys.progress import progress
 from tte_recsys.training.batches import PAIR_WEIGHTS, PairBatches, batch_loader
 from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
@@ -211,7 +211,7 @@ def fit(
             result.best_state = load_file(str(best_path))
         log.info("resumed from %s (step %d)", ck, start)
     heads = list(model.cfg.heads)
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=rank != 0, dynamic_ncols=True)
+    bar = progress(total=cfg.max_steps, initial=start, desc=desc, disable=rank != 0, dynamic_ncols=True)
     train_time, timed_steps = 0.0, 0
     step = start
     pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps not yet read back
@@ -228,7 +228,7 @@ def fit(
         if result.losses:
             rate = float(bar.format_dict.get("rate") or 0.0)
             loss = result.losses[-1]["loss"]
-            bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}", refresh=False)
 
     pin = device.type == "cuda"  # page-locked batches copy to the GPU without stalling the host
     # On a GPU the batch's B x B label matrix is built there, not by the loader and copied over.

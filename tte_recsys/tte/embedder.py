@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tte_recsys.artifacts import sha256_file
 from tte_recsys.distributed import resolve_device
+from tte_recsys.progress import progress
 from tte_recsys.tte.models import auto_dtype, load_backbone, resolve_model_dir
 from tte_recsys.tte.pooling import MetaQueries, make_pooling
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
@@ -165,7 +165,7 @@ class Embedder(nn.Module):
         ids = self._token_ids(items, prepared)
         chunks = self._length_chunks(ids, batch_size)
         out: list[np.ndarray] = []
-        for rows in tqdm(chunks, desc="encode", disable=not show_progress):
+        for rows in progress(chunks, desc="encode", disable=not show_progress):
             batch = self._batch([ids[i] for i in rows], [prepared[i] for i in rows])
             out.append(self._run(batch))
         self.train(was_training)

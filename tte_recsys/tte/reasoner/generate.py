@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from tte_recsys.artifacts import read_manifest
+from tte_recsys.progress import progress
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import Reasoner, TraceRequest
 from tte_recsys.tte.reasoner.cache import TraceCache
@@ -98,7 +98,7 @@ def generate_traces(
             summary.failed[it.item_id] = f"missing_image: {it.image_path}"
         else:
             todo.append((it, h))
-    bar = tqdm(
+    bar = progress(
         total=len(todo), desc=f"traces ({reasoner.reasoner_id})", disable=not show_progress or not todo
     )
     for start in range(0, len(todo), flush_every):
