@@ -324,8 +324,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         label_cfg = dataclasses.replace(label_cfg, teacher=folder)
         labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
         OmegaConf.update(cfg, "data.labels.teacher", folder)  # the saved config names the folder
-    no_id = split.item_counts == 0 if model_cfg.cold_without_id else None
-    features = ItemFeatures.from_items(ds.items, model_cfg.features, no_id)
+    features = ItemFeatures.from_items(ds.items, model_cfg.features, model_cfg.no_id(split.item_counts))
     content, content_spec = build_content(cfg, model_cfg, ds, folder, traces)
     t = Trainer(cfg, ds, split, labeler, features, eval_cfg, trainer_cfg, out, rank, world)
     k = eval_cfg.select_k

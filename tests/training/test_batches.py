@@ -137,6 +137,19 @@ def test_model_config_errors() -> None:
         ModelConfig(heads=("coeng", "ctr"))
     with pytest.raises(ValueError, match=r"model\.content"):
         ModelConfig(content="cached")
+    with pytest.raises(ValueError, match=r"model\.min_id_count=-1: expected >= 0"):
+        ModelConfig(min_id_count=-1)
+
+
+def test_items_below_min_id_count_have_no_id() -> None:
+    counts = np.array([0, 1, 2, 3, 7])
+    assert ModelConfig().no_id(counts) is None
+    assert ModelConfig(cold_without_id=True).no_id(counts).tolist() == [True, False, False, False, False]
+    assert ModelConfig(min_id_count=3).no_id(counts).tolist() == [True, True, True, False, False]
+    # cold_without_id is min_id_count 1: it never raises a higher threshold
+    assert (
+        ModelConfig(min_id_count=3, cold_without_id=True).no_id(counts).tolist() == [True] * 3 + [False] * 2
+    )
 
 
 def test_cold_items_without_id_and_id_dropout() -> None:

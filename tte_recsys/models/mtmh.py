@@ -51,7 +51,11 @@ class ModelConfig:
         content_dim: the content vectors' size, checked against the content tower (None: take its size).
         cold_without_id: feed items that have no train interactions without their id feature (an
             empty bag: a zero vector), instead of their never-trained random id embedding; pairs
-            with ``trainer.id_dropout`` so the model has seen such inputs.
+            with ``trainer.id_dropout`` so the model has seen such inputs. The same as ``min_id_count=1``.
+        min_id_count: items with fewer train interactions than this are fed without their id
+            feature, in training and at serving: the frequency threshold of an id vocabulary. Such
+            items are then placed by their categoricals and content alone, the way cold items are,
+            and they train that path as targets. 0: every item has its id.
         content_skip: every head also gets a linear map of the content vector, initialised to keep
             its cosines (identity when ``head_dim`` equals the content size, else orthonormal rows),
             while the trunk's contribution starts at zero: training starts from content-only
@@ -68,6 +72,13 @@ class ModelConfig:
     content_dim: int | None = None
     content_skip: bool = True
     cold_without_id: bool = False
+    min_id_count: int = 0
+
+    def no_id(self, item_counts: np.ndarray) -> np.ndarray | None:
+        """``ItemFeatures.no_id`` for items with these train interaction counts: True below
+        ``min_id_count`` (at least 1 with ``cold_without_id``); None when every item keeps its id."""
+        threshold = max(self.min_id_count, int(self.cold_without_id))
+        return np.asarray(item_counts) < threshold if threshold else None
 
     def __post_init__(self) -> None:
         known = ("coeng", "semantic")
@@ -79,6 +90,8 @@ class ModelConfig:
             )
         if self.content not in CONTENT_MODES:
             raise ValueError(f"model.content={self.content!r}: expected one of {list(CONTENT_MODES)}")
+        if self.min_id_count < 0:
+            raise ValueError(f"model.min_id_count={self.min_id_count}: expected >= 0")
         for name in ("id_dim", "feature_dim", "head_dim"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)}: expected >= 1")
@@ -98,8 +111,8 @@ class ItemFeatures:
         num_items: catalog size; feature ``item_id`` is the item code itself.
         vocab: feature -> its values in code order (the code is the index).
         offsets, values: feature -> CSR offsets (N + 1,) and value codes of each item's values.
-        no_id: (N,) True for items fed without their id feature (their id embedding never trained:
-            items with no train interactions, see ``ModelConfig.cold_without_id``); None: none.
+        no_id: (N,) True for items fed without their id feature (items with too few
+            train interactions, ``ModelConfig.no_id``); None: none.
     """
 
     num_items: int
