@@ -173,11 +173,11 @@ class TabularAdapter:
     name: str = "tabular"
 
     def load(self) -> Dataset:
-        # A column mapped to None is absent (the config lists the optional ones as null).
         if self.unknown_items not in ("error", "drop"):
             raise ValueError(
                 f"data.adapter.unknown_items: expected error or drop, got {self.unknown_items!r}"
             )
+        # A column mapped to None is absent (the config lists the optional ones as null).
         ic = {k: v for k, v in self.item_columns.items() if v is not None}
         xc = {k: v for k, v in self.interaction_columns.items() if v is not None}
         for role, have, need, opt in (

@@ -292,9 +292,9 @@ def check_interaction_items(
 ) -> pl.DataFrame:
     """Return the interactions whose item is in the catalog.
 
-    An interaction that names another item is an error, or with ``drop`` left out (a log often
-    outlives the catalog snapshot it is joined with: delisted items), with a warning that counts
-    them. Dropping every interaction is an error either way.
+    An interaction that names another item is an error; with ``drop`` such interactions are left
+    out instead, with a warning that counts them (a log often outlives the catalog snapshot it is
+    joined with: delisted items). A log in which no item is in the catalog is an error either way.
     """
     known = pl.col("item_id").is_in(items["item_id"].implode())
     df = interactions.with_columns((pl.int_range(pl.len()) + 1).alias(_ROW))
