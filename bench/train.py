@@ -10,7 +10,11 @@ Prints steps/s and the ratios full/bare (target >= 0.8) and torchrec/plain (targ
 median over interleaved rounds. Runs on this process's GPU where there is one (the planner's own
 plan, fbgemm-gpu's kernels, a 1-process nccl group), else on the CPU. The loader's workers are
 ``fit``'s default for the device (1 on CPU, up to 8 on a GPU) unless ``--workers`` says otherwise.
-    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers N]
+    python bench/train.py [--steps 150] [--batch 1024] [--rounds 3] [--workers N] [--profile 20]
+
+``--profile N`` then profiles N steps of the bare DMP step and of the plain sparse step
+(``torch.profiler``, CPU time by operator): where a step's time goes, and what the embedding part
+costs on each path.
 """
 
 from __future__ import annotations
@@ -137,6 +141,9 @@ def main() -> None:
     ap.add_argument(
         "--rows", type=int, nargs="+", default=[0, 1_000_000], help="id-table rows (0: catalog size)"
     )
+    ap.add_argument(
+        "--profile", type=int, default=0, help="then profile this many bare DMP and plain sparse steps"
+    )
     args = ap.parse_args()
     process_group()
     ds = MovieLensAdapter().load()
@@ -232,6 +239,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
 
         variants[name] = partial(_time, prebuilt, plain_step)
         if sparse:  # its tables with their own Adagrad, for the embedding-only timing
+            plain_sparse_step = plain_step
             table_opt = torch.optim.Adagrad(table_params, lr=tcfg.sparse_lr)
             plain_tables = (m.ebc, table_opt.zero_grad, table_opt.step)
 
@@ -276,6 +284,37 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
     for n in plain:
         print(f"TorchRec DMP / {n} = {ratio(bare, n)}")
     print(f"embedding part alone, DMP / nn.EmbeddingBag sparse + Adagrad = {ratio(EBC_DMP, EBC_PLAIN)}")
+    if args.profile:
+        for name, step in (("bare DMP", dmp_step), ("nn.EmbeddingBag sparse + Adagrad", plain_sparse_step)):
+            profile_steps(name, step, prebuilt[5 : 5 + args.profile])
+
+
+# Operators of the embedding part (both paths), by substring of the profiler's key.
+_EMBEDDING_OPS = ("embedding", "[lookup]", "_dist]", "adagrad", "coalesce", "sparse_mask")
+
+
+def profile_steps(name: str, step: Callable[[Batch], None], batches: list[Batch]) -> None:
+    """CPU time per step by operator over ``batches``: the top operators, the matrix products'
+    share, and the embedding part's operators (fbgemm / torchrec on one path, aten on the other)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            step(b)
+    events = prof.key_averages()
+    n = len(batches)
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm"))
+    print(
+        f"\n### profile: {name}, {n} steps, {total / n / 1e3:.1f} ms CPU per step, matrix products {mm / total:.0%}"
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    print("embedding part (ms per step; total includes children, so nested rows overlap):")
+    for e in events:
+        if any(w in e.key.lower() for w in _EMBEDDING_OPS):
+            print(
+                f"  {e.key[:72]:72s} self {e.self_cpu_time_total / n / 1e3:6.2f}  total {e.cpu_time_total / n / 1e3:6.2f}"
+            )
 
 
 if __name__ == "__main__":
