@@ -11,7 +11,7 @@ TORCHREC_PIN := torchrec==1.8.0
 
 setup: $(STAMP)
 
-# Order matters (see README "Install"): torch first (a CPU wheel on CPU machines), then
+# Order matters (see docs/design.md, "Install"): torch first (a CPU wheel on CPU machines), then
 # fbgemm-gpu-cpu, then torchrec WITHOUT its deps (they would pull the CUDA fbgemm-gpu),
 # then the package with torch pinned in the same command so nothing upgrades it.
 # pip then prints "torchrec 1.8.0 requires fbgemm-gpu, which is not installed": expected, since
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, faiss, polars; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
-# The main job: MTMH training + evaluation on the packaged MovieLens data (README: "make run").
+# The main job: MTMH training + evaluation on the packaged MovieLens data (README: "What make run produces").
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.train_i2i
 

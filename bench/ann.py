@@ -182,7 +182,7 @@ def main() -> None:
         del noise
     export = Path(args.bundle_model) / "export"
     if (export / "manifest.json").is_file():
-        from tte_recsys.training.export import load_export
+        from tte_recsys.models.export import load_export
 
         m = load_export(export)
         for head, v in m.encode().items():

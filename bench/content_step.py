@@ -28,9 +28,9 @@ def one(variant: str, data: str, pairs: int, steps: int) -> dict[str, object]:
     from omegaconf import OmegaConf
 
     from tte_recsys.data.split import temporal_split
-    from tte_recsys.models.mtmh import TrainableContent
+    from tte_recsys.models.content import TrainableContent
     from tte_recsys.runs import data_configs, load_dataset
-    from tte_recsys.tte.embedder import build_embedder
+    from tte_recsys.tte.factory import build_embedder
     from tte_recsys.tte.items import embedding_text, item_inputs
     from tte_recsys.tte.lora import add_lora
 
@@ -47,8 +47,8 @@ def one(variant: str, data: str, pairs: int, steps: int) -> dict[str, object]:
     emb.train()
 
     def peer(codes: torch.Tensor) -> torch.Tensor:
-        ids = emb._token_ids([texts[int(c)] for c in codes.tolist()])
-        return emb(**emb._batch(ids)).float()
+        ids = emb.token_ids([texts[int(c)] for c in codes.tolist()])
+        return emb(**emb.pad_batch(ids)).float()
 
     rng = np.random.default_rng(0)
     seconds, distinct = [], []

@@ -28,10 +28,11 @@ import torch
 
 from tte_recsys.artifacts import write_manifest
 from tte_recsys.data.adapters import MovieLensAdapter
-from tte_recsys.serving.embed_job import JobSpec, embed_catalog, load_vectors
-from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.serving.embed_job import embed_catalog
+from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.items import embedding_text, item_inputs
 from tte_recsys.tte.models import cpu_has_fast_bf16, resolve_model_dir
+from tte_recsys.vectors import JobSpec, load_vectors
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # build_embedder's device=auto picks the same
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tte_recsys.evaluation.retrieval import topk_excluding
+from tte_recsys.retrieval import topk_excluding
 from tte_recsys.serving.merge import _merge_rows, merge_by_quota
 
 

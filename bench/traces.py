@@ -18,7 +18,7 @@ import torch
 
 from tte_recsys.data.adapters import AmazonOfficeAdapter
 from tte_recsys.tte.items import item_inputs
-from tte_recsys.tte.reasoner.backends import HFReasoner, TraceRequest
+from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, LoadSettings, TraceRequest
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.generate import generate_traces
 from tte_recsys.tte.reasoner.prompts import get_template
@@ -28,7 +28,11 @@ T = get_template("item_card")
 
 
 def rate(model: str, reqs: list[TraceRequest], batch: int, tokens: int, dtype: str) -> float:
-    r = HFReasoner(model, max_new_tokens=tokens, batch_size=batch, dtype=dtype, do_sample=True, seed=0)
+    r = HFReasoner(
+        model,
+        GenerationSettings(max_new_tokens=tokens, batch_size=batch, do_sample=True, seed=0),
+        LoadSettings(dtype=dtype),
+    )
     r.generate(reqs[:2])  # warm-up
     t = time.perf_counter()
     r.generate(reqs)
@@ -50,7 +54,7 @@ def main() -> None:
             f"{one:.1f} traces/s, ratio {b / one:.1f}x (target >= 4x)"
         )
         cache = TraceCache(Path(d) / "cache")
-        r = HFReasoner(tiny, max_new_tokens=8, batch_size=32, do_sample=True, seed=0)
+        r = HFReasoner(tiny, GenerationSettings(max_new_tokens=8, batch_size=32, do_sample=True, seed=0))
         _, s1 = generate_traces(items[:200], r, T, cache, show_progress=False)
         _, s2 = generate_traces(items[:200], r, T, cache, show_progress=False)
         print(

@@ -42,8 +42,9 @@ from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
 from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
-from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
-from tte_recsys.training.batches import Batch, PairBatches, collate, epoch_pairs
+from tte_recsys.models.content import FrozenContent
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
+from tte_recsys.training.batches import Batch, BatchConfig, PairBatches, collate, epoch_pairs
 from tte_recsys.training.loop import TrainerConfig, fit, loader_workers
 from tte_recsys.training.sharding import process_group, shard_model
 
@@ -151,7 +152,7 @@ def main() -> None:
     labeler = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
     base = ItemFeatures.from_items(ds.items, ["genres"])
     if Path(args.content, "manifest.json").is_file():
-        from tte_recsys.serving.embed_job import load_vectors
+        from tte_recsys.vectors import load_vectors
 
         table = torch.from_numpy(load_vectors(args.content).aligned(ds.items["item_id"].to_list()))
         source = args.content
@@ -179,7 +180,7 @@ def measure(features: ItemFeatures, content: FrozenContent, labeler: RelevanceLa
         batch_size=args.batch, max_steps=args.steps + 5, eval_every=0, ckpt_every=0, num_workers=args.workers
     )
     src, dst = epoch_pairs(pairs, tcfg.pair_weight)
-    batches = PairBatches(src, dst, features, labeler, args.batch, seed=0)
+    batches = PairBatches(src, dst, features, labeler, BatchConfig(batch_size=args.batch, seed=0))
     ne = features.num_embeddings()
     workers = loader_workers(tcfg, local_device())
     print(

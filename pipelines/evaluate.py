@@ -21,10 +21,10 @@ from tte_recsys.data.split import temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines
 from tte_recsys.evaluation.report import write_report
-from tte_recsys.evaluation.retrieval import Retriever as RetrieverProtocol
+from tte_recsys.retrieval import ItemRetriever
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
-from tte_recsys.serving.embed_job import load_vectors
-from tte_recsys.serving.retriever import Retriever
+from tte_recsys.serving.retriever import BundleRetriever
+from tte_recsys.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split.require_usable(ds.name)
     log.info("split: %s", split.stats())
     labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
-    extra: dict[str, Callable[[], RetrieverProtocol]] = {}
+    extra: dict[str, Callable[[], ItemRetriever]] = {}
     for name, folder in (cfg.get("content_dirs") or {}).items():
         vectors = load_vectors(str(folder))
         aligned = vectors.aligned(ds.items["item_id"].to_list())
         extra[f"content:{name}"] = partial(ContentCosine, aligned)
         log.info("content:%s = %s (%s, traces: %s)", name, folder, vectors.model_id, vectors.trace_version)
     if cfg.get("bundle_dir"):
-        served = Retriever.load(str(cfg.bundle_dir))
+        served = BundleRetriever.load(str(cfg.bundle_dir))
         if served.item_ids != ds.items["item_id"].to_list():
             raise ValueError(
                 f"bundle {cfg.bundle_dir} was built for another catalog ({len(served.item_ids)} items) than "

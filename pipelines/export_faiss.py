@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from tte_recsys import distributed
 from tte_recsys.artifacts import read_manifest
 from tte_recsys.config import from_mapping
+from tte_recsys.models.export import load_export
 from tte_recsys.runs import load_dataset, output_dir
 from tte_recsys.serving.bundle import build_bundle, write_vectors
 from tte_recsys.serving.faiss_index import IndexConfig
-from tte_recsys.training.export import load_export
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tte_recsys.serving.retriever import QueryResult, Retriever
+from tte_recsys.serving.retriever import BundleRetriever, QueryResult
 
 
 def run(cfg: DictConfig) -> QueryResult:
-    r = Retriever.load(str(cfg.bundle_dir), share=None if cfg.share is None else float(cfg.share))
+    r = BundleRetriever.load(str(cfg.bundle_dir), share=None if cfg.share is None else float(cfg.share))
     result = r.search([str(cfg.item_id)], int(cfg.k))[0]
     if result.error:
         return result

@@ -6,41 +6,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import polars as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from tte_recsys.data.dataset import Dataset
+from tests.helpers import CONFIG_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def make_dataset(rows: list[tuple[str, str, int]], items: dict[str, list[str]] | None = None) -> Dataset:
-    """A dataset from (user, item, timestamp) rows; ``items`` maps item id -> genres."""
-    ids = sorted({r[1] for r in rows} | set(items or {}))
-    genres = items or {}
-    it = pl.DataFrame(
-        {
-            "item_id": ids,
-            "title": [f"item {i}" for i in ids],
-            "text": [""] * len(ids),
-            "image_path": pl.Series([None] * len(ids), dtype=pl.String),
-            "genres": [genres.get(i, []) for i in ids],
-        },
-        schema_overrides={"genres": pl.List(pl.String)},
-    )
-    inter = pl.DataFrame(
-        {
-            "user_id": [r[0] for r in rows],
-            "item_id": [r[1] for r in rows],
-            "timestamp": [r[2] for r in rows],
-            "weight": pl.Series([None] * len(rows), dtype=pl.Float64),
-        },
-        schema_overrides={"timestamp": pl.Int64},
-    )
-    return Dataset.build("tiny", it, inter)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from tests.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 from tte_recsys.config import EvalConfig, LabelConfig, PairConfig, SplitConfig, from_mapping
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.runs import data_configs
@@ -98,3 +98,145 @@ def test_unknown_key_is_named() -> None:
 def test_invalid_values(cls: type, raw: dict[str, object], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         from_mapping(cls, raw, "x")
+
+
+# --- every option of every config group composes and builds what it configures --------------
+
+GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+PIPELINE_CONFIGS = sorted(p.stem for p in Path(CONFIG_DIR).glob("*.yaml"))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_every_group_is_covered_below() -> None:
+    """A new group or option fails here until the test below builds it."""
+    assert set(GROUPS) == set(BUILDERS), sorted(set(GROUPS) ^ set(BUILDERS))
+
+
+def _build_section(cls: type) -> Callable[[DictConfig, str], object]:
+    return lambda cfg, group: from_mapping(cls, cfg[group], group)
+
+
+def _build_data(cfg: DictConfig, group: str) -> object:
+    return instantiate(cfg.data.adapter)
+
+
+def _build_embedder(cfg: DictConfig, group: str) -> object:
+    from tte_recsys.tte.embedder import Embedder
+    from tte_recsys.tte.factory import embedder_from_config
+
+    emb, model_id = embedder_from_config({**cfg.embedder, "runtime": "torch", "device": "cpu"})
+    assert isinstance(emb, Embedder) and model_id
+    return emb
+
+
+def _build_reasoner(cfg: DictConfig, group: str) -> object:
+    from tte_recsys.tte.reasoner.backends import Reasoner
+
+    r = instantiate(cfg.reasoner)
+    assert isinstance(r, Reasoner) and r.reasoner_id
+    return r
+
+
+def _build_experiment(cfg: DictConfig, group: str) -> object:
+    from tte_recsys.experiment.config import I2IConfig
+
+    return I2IConfig.from_cfg(cfg)
+
+
+def _build_debug(cfg: DictConfig, group: str) -> object:
+    return cfg.data.sample_users
+
+
+def _builders() -> dict[str, Callable[[DictConfig, str], object]]:
+    from tte_recsys.experiment.config import CompareConfig, SelectConfig
+    from tte_recsys.losses.mtmh import LossConfig
+    from tte_recsys.models.id_prior import IdPrior
+    from tte_recsys.models.mtmh import ModelConfig
+    from tte_recsys.serving.faiss_index import IndexConfig
+    from tte_recsys.training.loop import TrainerConfig
+    from tte_recsys.tte.lora import LoraSettings
+
+    return {
+        "data": _build_data,
+        "eval": _build_section(EvalConfig),
+        "embedder": _build_embedder,
+        "reasoner": _build_reasoner,
+        "model": _build_section(ModelConfig),
+        "trainer": _build_section(TrainerConfig),
+        "loss": _build_section(LossConfig),
+        "select": _build_section(SelectConfig),
+        "compare": _build_section(CompareConfig),
+        "lora": _build_section(LoraSettings),
+        "id_prior": _build_section(IdPrior),
+        "serving": _build_section(IndexConfig),
+        "experiment": _build_experiment,
+        "debug": _build_debug,
+    }
+
+
+BUILDERS = _builders()
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_config_group_option_composes_and_builds(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, group: str, option: str
+) -> None:
+    # train_i2i holds every group but serving; export_faiss holds serving
+    root = "export_faiss" if group == "serving" else "train_i2i"
+    overrides = [f"{group}={option}"]
+    if root == "export_faiss":
+        overrides.append("model_dir=unused")
+    if group == "data" and option == "tabular":
+        overrides += ["data.adapter.items_path=items.csv", "data.adapter.interactions_path=log.csv"]
+    if group == "embedder":
+        overrides.append(f"embedder.model_path={tiny_qwen_dir}")
+    if group == "reasoner" or (group == "experiment" and option.startswith("tte_")):
+        overrides += _reasoner_overrides(option, tiny_qwen_dir, tmp_path)
+    cfg = compose_cfg(root, overrides)
+    assert BUILDERS[group](cfg, group) is not None
+
+
+def _reasoner_overrides(option: str, model: Path, tmp_path: Path) -> list[str]:
+    """What a reasoner option needs from its user: a model folder (the tiny model stands in for
+    any local one, SmolLM2's included), a traces file, or a server address (nothing connects)."""
+    if option in ("hf", "smollm2", "tte_hf", "tte_smollm2"):
+        return [f"reasoner.model_path={model}", "reasoner.load.device=cpu"]
+    if option == "file":
+        import polars as pl
+
+        pl.DataFrame({"item_id": ["1"], "trace": ["t"]}).write_parquet(tmp_path / "traces.parquet")
+        return [f"reasoner.path={tmp_path / 'traces.parquet'}"]
+    if option == "openai":
+        return ["reasoner.base_url=http://127.0.0.1:9/v1", "reasoner.model=m"]
+    return []
+
+
+@pytest.mark.parametrize("pipeline", PIPELINE_CONFIGS)
+def test_every_pipeline_accepts_debug_tiny(pipeline: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    required = {"export_faiss": ["model_dir=m"], "query": ["bundle_dir=b", "item_id=1"]}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(pipeline, overrides=["debug=tiny", *required.get(pipeline, [])])
+    assert cfg.data.sample_users == 60  # the tiny run's settings arrived
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("reasoner.generation.max_new_tokens=0", r"reasoner.generation: max_new_tokens=0"),
+        (
+            "+reasoner.generation.max_new_tokns=3",
+            r"reasoner.generation: unknown key\(s\) \['max_new_tokns'\]",
+        ),
+    ],
+)
+def test_reasoner_settings_are_checked(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, override: str, match: str
+) -> None:
+    cfg = compose_cfg("generate_traces", ["reasoner=hf", f"reasoner.model_path={tiny_qwen_dir}", override])
+    with pytest.raises(Exception, match=match):
+        instantiate(cfg.reasoner)

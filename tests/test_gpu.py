@@ -1,6 +1,6 @@
 """GPU paths, against the CPU in fp32: the embedder and the HF reasoner on this process's GPU (fp32
 and bf16), embed_items with the default ``device=auto``, and train_i2i (TorchRec with fbgemm-gpu
-and nccl). Skipped without CUDA (CI has none); the README says where they ran."""
+and nccl). Skipped without CUDA (CI has none); docs/results.md, "What was verified where", says where they ran."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.test_tte_pipelines import _embed_overrides
-from tte_recsys.tte.embedder import build_embedder
+from tests.helpers import (
+    embed_overrides,
+    finish,
+    fresh_export_metrics,
+    kill_then_resume,
+    launch,
+    read_report,
+    require_cuda,
+    tiny_args,
+    trainable_content_run,
+)
+from tte_recsys.tte.factory import build_embedder
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+# The skip is asked inside each test body (require_cuda), not at collection: asking CUDA at
+# import time initialises it in the pytest process, before other tests fork DataLoader workers.
+pytestmark = [pytest.mark.gpu]
 
 TEXTS = [
     "Heat (1995) | Action|Crime|Thriller",
@@ -36,6 +45,7 @@ def _device_dtype(emb: torch.nn.Module) -> tuple[str, torch.dtype]:
 
 @pytest.mark.parametrize("pooling", ["mean", "last", "meta"])
 def test_embedder_on_the_gpu_matches_the_cpu(tiny_qwen_dir: Path, pooling: str) -> None:
+    require_cuda()
     kw = {"pooling": pooling, "meta_queries": 2}
     cpu = build_embedder(str(tiny_qwen_dir), dtype="float32", device="cpu", **kw)
     gpu = build_embedder(str(tiny_qwen_dir), dtype="float32", **kw)  # device=auto
@@ -57,6 +67,7 @@ def test_embedder_on_the_gpu_matches_the_cpu(tiny_qwen_dir: Path, pooling: str) 
 def test_vision_language_embedder_on_the_gpu(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    require_cuda()
     from tte_recsys.tte.cards import render_card
     from tte_recsys.tte.items import ItemInput
     from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -72,12 +83,21 @@ def test_vision_language_embedder_on_the_gpu(
 
 
 def test_hf_reasoner_generates_on_the_gpu(tiny_qwen_dir: Path) -> None:
-    from tte_recsys.tte.reasoner.backends import HFReasoner, TraceRequest
+    require_cuda()
+    from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, LoadSettings, TraceRequest
 
     reqs = [TraceRequest(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(TEXTS[:4])]
-    cpu = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="float32", device="cpu")
-    gpu = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="float32")
-    bf16 = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=3, dtype="auto")
+    cpu = HFReasoner(
+        str(tiny_qwen_dir),
+        GenerationSettings(max_new_tokens=6, batch_size=3),
+        LoadSettings(dtype="float32", device="cpu"),
+    )
+    gpu = HFReasoner(
+        str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, batch_size=3), LoadSettings(dtype="float32")
+    )
+    bf16 = HFReasoner(
+        str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, batch_size=3), LoadSettings(dtype="auto")
+    )
     assert gpu.model.device.type == "cuda" and bf16.model.dtype == torch.bfloat16
     # Greedy decoding, fp32 both sides: the same tokens unless two logits tie within rounding.
     assert gpu.generate(reqs) == cpu.generate(reqs)
@@ -88,12 +108,13 @@ def test_hf_reasoner_generates_on_the_gpu(tiny_qwen_dir: Path) -> None:
 def test_embed_items_runs_on_the_gpu(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
+    require_cuda()
     from pipelines import embed_items
-    from tte_recsys.serving.embed_job import load_vectors
+    from tte_recsys.vectors import load_vectors
 
     def run(out: Path, *extra: str) -> np.ndarray:
         embed_items.run(
-            compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, out, "embedder.dtype=float32", *extra))
+            compose_cfg("embed_items", embed_overrides(tiny_qwen_dir, out, "embedder.dtype=float32", *extra))
         )
         return load_vectors(out).vectors
 
@@ -106,17 +127,17 @@ def test_train_i2i_on_the_gpu_follows_the_cpu(
     """TorchRec on the GPU: the planner's own plan (no CPU constraints), fbgemm-gpu's fused CUDA
     kernels and a 1-process nccl group. The loss curve follows the same run on the CPU (gloo,
     fused CPU kernels), and the export, loaded in a fresh CPU process, gives the run's test metrics."""
+    require_cuda()
     from pipelines import train_i2i
-    from tests.test_train_i2i import _args, _finish, _fresh_export_metrics, _launch, _report
 
-    args = _args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
+    args = tiny_args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
     report = train_i2i.run(compose_cfg("train_i2i", args))
     gpu = report["training"]["mtmh_lam1"]
     assert gpu["device"] == "cuda:0", gpu["device"]
     assert gpu["plan"], "no sharding plan recorded"
     print("GPU plan:", gpu["plan"])
-    _finish(_launch(args, tmp_path / "cpu", env={"CUDA_VISIBLE_DEVICES": ""}))
-    cpu = _report(tmp_path / "cpu")["training"]["mtmh_lam1"]
+    finish(launch(args, tmp_path / "cpu", env={"CUDA_VISIBLE_DEVICES": ""}))
+    cpu = read_report(tmp_path / "cpu")["training"]["mtmh_lam1"]
     assert cpu["device"] == "cpu"
     print(
         "loss GPU",
@@ -128,7 +149,7 @@ def test_train_i2i_on_the_gpu_follows_the_cpu(
     assert gpu["loss_curve"][-1] < gpu["loss_curve"][0]
 
     sel = report["selection"]["mtmh"]
-    fresh = _fresh_export_metrics(tmp_path / "out", sel, env={"CUDA_VISIBLE_DEVICES": ""})
+    fresh = fresh_export_metrics(tmp_path / "out", sel, env={"CUDA_VISIBLE_DEVICES": ""})
     row = report["methods"][f"mtmh (K1/K={sel['share']:g}, lambda={sel['lam']:g})"]
     for key, value in row.items():
         assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
@@ -138,7 +159,7 @@ def test_trainable_content_trains_on_the_gpu(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
     """The embedder with LoRA inside the sharded model, on the GPU; the export encodes on the CPU."""
-    from tests.test_train_i2i import trainable_content_run
+    require_cuda()
 
     report = trainable_content_run(compose_cfg, tiny_qwen_dir, tmp_path)
     assert report["training"]["mtmh_lam1"]["device"] == "cuda:0"
@@ -147,7 +168,7 @@ def test_trainable_content_trains_on_the_gpu(
 def test_kill_then_resume_on_the_gpu(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     """``resume=true`` on the GPU: the fused CUDA tables, their optimizer state and the dense Adam
     state come back from a checkpoint written by a run killed mid-training."""
-    from tests.test_train_i2i import kill_then_resume
+    require_cuda()
 
     full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
     assert full["training"]["mtmh_lam1"]["device"] == resumed["training"]["mtmh_lam1"]["device"] == "cuda:0"

@@ -13,9 +13,7 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import train_i2i
-from tests.test_train_i2i import _args
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, tiny_args
 
 
 def run_notebook(path: Path) -> dict[str, Any]:
@@ -32,7 +30,7 @@ def test_run_analysis_notebook(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     matplotlib.use("Agg")
-    cfg = compose_cfg("train_i2i", _args(tiny_qwen_dir))
+    cfg = compose_cfg("train_i2i", tiny_args(tiny_qwen_dir))
     report = train_i2i.run(cfg)
     monkeypatch.setenv("TTE_RUN_DIR", str(cfg.output_dir))
     ns = run_notebook(ROOT / "notebooks" / "i2i_run_analysis.ipynb")

@@ -13,9 +13,9 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import evaluate, prepare_data
+from tests.helpers import ROOT
 from tte_recsys.artifacts import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"popularity", "cooccurrence", "item_knn", "ease"}
 
 

@@ -5,86 +5,27 @@ trainable content with LoRA, think-then-embed with a reasoner, and bad configs."
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import train_i2i
-from tte_recsys.training.export import load_export
+from tests.helpers import (
+    finish,
+    fresh_export_metrics,
+    kill_then_resume,
+    launch,
+    one_then_two_processes,
+    read_report,
+    tiny_args,
+    trainable_content_run,
+)
+from tte_recsys.models.export import load_export
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MTMH_ROW = "mtmh (K1/K={share:g}, lambda={lam:g})"
-
-
-def _args(model: Path, *extra: str) -> list[str]:
-    return ["debug=tiny", f"embedder.model_path={model}", "embedder.pooling=last", *extra]
-
-
-def _launch(
-    args: list[str], out: Path, nproc: int = 1, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "pipelines.train_i2i", *args, f"hydra.run.dir={out}"]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def _finish(p: subprocess.Popen[str]) -> None:
-    output, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, output[-4000:]
-
-
-def _report(out: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((out / "report.json").read_text())
-
-
-def _fresh_export_metrics(out: Path, sel: dict, env: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
-    """Test metrics of ``out``'s export, loaded in a fresh process without TorchRec sharding and
-    served with the run's selected quota and popularity prior."""
-    code = f"""
-import json, sys
-from tte_recsys.training.export import load_export
-from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
-from tte_recsys.evaluation.protocol import evaluate_retriever
-from tte_recsys.config import EvalConfig
-from tte_recsys.data.labels import RelevanceLabeler
-from tte_recsys.data.split import temporal_split
-from tte_recsys.runs import data_configs, load_dataset
-from omegaconf import OmegaConf
-import torch.distributed as dist
-cfg = OmegaConf.load({str(out / "config.yaml")!r})
-m = load_export({str(out / "export")!r})
-assert not dist.is_initialized()
-ds = load_dataset(cfg.data)
-p, s, l = data_configs(cfg.data)
-split = temporal_split(ds, p, s)
-want = popularity_bias(split.item_counts, {sel["pop_prior"]!r})
-assert (m.item_bias is None) == (want is None) and (want is None or (m.item_bias == want).all())
-r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x", item_bias=m.item_bias)
-print(json.dumps(evaluate_retriever(r, split.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, EvalConfig(**cfg.eval))))
-"""
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**ENV, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_tiny_run_reports_and_exports(
@@ -92,7 +33,9 @@ def test_tiny_run_reports_and_exports(
 ) -> None:
     # With the id prior on, the fresh-process check below also shows that the export carries the
     # adjusted id table (cold items' rows are the prediction, not their initial values).
-    report = train_i2i.run(compose_cfg("train_i2i", _args(tiny_qwen_dir, "select.id_prior_shrinks=[1.0]")))
+    report = train_i2i.run(
+        compose_cfg("train_i2i", tiny_args(tiny_qwen_dir, "select.id_prior_shrinks=[1.0]"))
+    )
     out = tmp_path / "out"
     sel = report["selection"]["mtmh"]
     row = MTMH_ROW.format(**sel)
@@ -120,31 +63,18 @@ def test_tiny_run_reports_and_exports(
 
     # The export, loaded in a fresh process without TorchRec sharding, reproduces the trained
     # model's test metrics exactly (they were computed from the in-memory vectors).
-    fresh = _fresh_export_metrics(out, sel)
+    fresh = fresh_export_metrics(out, sel)
     for key, value in methods[row].items():
         assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
 
 
-def one_then_two_processes(args: list[str], tmp_path: Path, steps: int) -> list[float]:
-    """Runs ``args`` in 1 process and in 2 under torchrun; asserts the 2-process loss curve follows
-    the 1-process one and that it learns. Returns the 2-process curve."""
-    _finish(_launch(args, tmp_path / "one", 1))
-    _finish(_launch(args, tmp_path / "two", 2))
-    a = _report(tmp_path / "one")["training"]["mtmh_lam1"]["loss_curve"]
-    b = _report(tmp_path / "two")["training"]["mtmh_lam1"]["loss_curve"]
-    assert len(a) == len(b) == steps
-    np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
-    assert a[-1] < a[0]  # and it learns
-    return b  # type: ignore[no-any-return]
-
-
 @pytest.mark.slow
 def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tmp_path: Path) -> None:
-    args = _args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
+    args = tiny_args(tiny_qwen_dir, "compare.single_head=false", "compare.id_only=false")
     b = one_then_two_processes(args, tmp_path, 30)
     # each rank's labels built on its device (a GPU run's path) against every global candidate
-    _finish(_launch([*args, "trainer.labels_on_device=true"], tmp_path / "two_dev", 2))
-    assert _report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
+    finish(launch([*args, "trainer.labels_on_device=true"], tmp_path / "two_dev", 2))
+    assert read_report(tmp_path / "two_dev")["training"]["mtmh_lam1"]["loss_curve"] == b
     # uniform negatives: each rank draws its share, and the gathered candidates line up
     with_uniform = one_then_two_processes([*args, "trainer.uniform_negatives=16"], tmp_path / "mns", 30)
     assert with_uniform != b
@@ -154,7 +84,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_qwen_dir: Path, tm
 def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     """The LoRA adapters inside the sharded model: their gradients are averaged over the ranks, and
     both ranks start from the same seeded adapters."""
-    args = _args(
+    args = tiny_args(
         tiny_qwen_dir,
         "model.content=trainable",
         "trainer.max_steps=12",
@@ -163,37 +93,6 @@ def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tm
         "compare.id_only=false",
     )
     one_then_two_processes(args, tmp_path, 12)
-
-
-def kill_then_resume(
-    tiny_qwen_dir: Path, tmp_path: Path, *extra: str, max_steps: int = 400, every: int = 20
-) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    """Reports of an uninterrupted run and of the same run killed (SIGKILL, torchrun and its worker)
-    after its third checkpoint (step 3 x ``every``), then continued with ``resume=true``."""
-    args = _args(
-        tiny_qwen_dir,
-        "compare.single_head=false",
-        "compare.id_only=false",
-        f"trainer.max_steps={max_steps}",
-        f"trainer.eval_every={every}",
-        f"trainer.ckpt_every={every}",
-        "trainer.patience=1000",
-        *extra,
-    )
-    _finish(_launch(args, tmp_path / "full"))
-    p = _launch(args, tmp_path / "killed")
-    mark = tmp_path / "killed" / "checkpoints" / "mtmh_lam1" / f"step_{3 * every:08d}" / "manifest.json"
-    deadline = time.time() + 300
-    while not mark.is_file() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "the run finished before it could be killed"
-    launcher = psutil.Process(p.pid)
-    for proc in [*launcher.children(recursive=True), launcher]:  # the worker and torchrun, mid-training
-        proc.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
-    assert not (tmp_path / "killed" / "report.json").exists()
-    _finish(_launch([*args, "resume=true"], tmp_path / "killed"))
-    return _report(tmp_path / "full"), _report(tmp_path / "killed")
 
 
 @pytest.mark.slow
@@ -218,30 +117,6 @@ def test_kill_then_resume_with_trainable_content(tiny_qwen_dir: Path, tmp_path: 
     )
 
 
-def trainable_content_run(
-    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, *extra: str
-) -> dict:  # type: ignore[type-arg]
-    """``model.content=trainable`` (the embedder with LoRA inside the model) for 6 steps: it trains
-    and its export encodes unit vectors. Returns the report (tests/test_gpu.py runs it on a GPU)."""
-    from tte_recsys.training.export import load_export
-
-    args = _args(
-        tiny_qwen_dir,
-        "model.content=trainable",
-        "trainer.max_steps=6",
-        "trainer.eval_every=3",
-        "compare.id_only=false",
-        *extra,
-    )
-    report = train_i2i.run(compose_cfg("train_i2i", args))
-    curve = report["training"]["mtmh_lam1"]["loss_curve"]
-    assert len(curve) == 6 and all(np.isfinite(curve))
-    m = load_export(tmp_path / "out" / "export")
-    v = m.encode(np.arange(5))
-    assert set(v) == {"coeng", "semantic"} and np.allclose(np.linalg.norm(v["coeng"], axis=1), 1.0, atol=1e-5)
-    return report  # type: ignore[no-any-return]
-
-
 def test_trainable_content_with_lora(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
@@ -261,7 +136,7 @@ def test_every_model_of_a_trainable_run_starts_from_the_same_tower(
     lambda = 1 model trained after a lambda = 0.5 one must train exactly as when trained alone."""
     curves = []
     for i, lams in enumerate(("[0.5,1.0]", "[1.0]")):
-        args = _args(
+        args = tiny_args(
             tiny_qwen_dir,
             "model.content=trainable",
             "trainer.max_steps=6",
@@ -278,12 +153,12 @@ def test_every_model_of_a_trainable_run_starts_from_the_same_tower(
 def test_think_then_embed_with_a_reasoner(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
-    args = _args(
+    args = tiny_args(
         tiny_qwen_dir,
         "experiment=tte_hf",
         f"reasoner.model_path={tiny_qwen_dir}",
-        "reasoner.max_new_tokens=6",
-        "reasoner.do_sample=true",
+        "reasoner.generation.max_new_tokens=6",
+        "reasoner.generation.do_sample=true",
         f"cache_dir={tmp_path / 'cache'}",
         "data.max_items=120",
         "compare.single_head=false",
@@ -301,27 +176,26 @@ def test_think_then_embed_with_a_reasoner(
     ("override", "match"),
     [
         ("model.heads=[coeng,ctr]", "unknown: \\['ctr'\\]"),
-        ("loss.lam=-1", "loss.lam=-1"),
-        ("select.lams=[1.0,-0.5]", "lambda must be >= 0"),
+        ("+loss.lam=1", "loss.lam is not a setting of train_i2i: lambda is chosen on valid from select.lams"),
+        ("loss.alpha=-1", "loss.alpha=-1"),
+        ("select.lams=[1.0,-0.5]", r"select.lams=\[1.0, -0.5\]: expected a non-empty list of lambdas >= 0"),
+        ("+select.lamz=[1]", "select: unknown key\\(s\\) \\['lamz'\\]"),
+        ("lora.r=0", "lora.r=0: expected >= 1"),
         ("select.id_prior_shrinks=[0,-1]", "id_prior.shrink=-1.0: expected >= 0"),
         ("id_prior.ridge=0", "id_prior.ridge=0: expected > 0"),
         ("select.pop_priors=[0,-0.1]", r"select.pop_priors=\[0.0, -0.1\]: expected a non-empty list"),
         ("eval.ease_max_items=0", "eval.ease_max_items=0: expected a positive count"),
         ("model.content_dim=7", "model.content_dim=7 but the content vectors"),
         ("+trainer.batch_sise=8", "unknown key\\(s\\) \\['batch_sise'\\]"),
-        ("model.heads=[semantic]", "'semantic' but loss.lam = loss.alpha = 0"),
+        ("model.heads=[semantic]", "'semantic' but lambda = loss.alpha = 0"),
     ],
 )
 def test_bad_config_fails_before_training(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, override: str, match: str
 ) -> None:
-    extra = (
-        [override, "loss.lam=0", "loss.alpha=0", "select.lams=[0.0]"]
-        if "[semantic]" in override
-        else [override]
-    )
+    extra = [override, "loss.alpha=0", "select.lams=[0.0]"] if "[semantic]" in override else [override]
     with pytest.raises(ValueError, match=match):
-        train_i2i.run(compose_cfg("train_i2i", _args(tiny_qwen_dir, *extra)))
+        train_i2i.run(compose_cfg("train_i2i", tiny_args(tiny_qwen_dir, *extra)))
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
@@ -358,7 +232,7 @@ def _shop_run(
     return train_i2i.run(
         compose_cfg(
             "train_i2i",
-            _args(
+            tiny_args(
                 tiny_qwen_dir,
                 "data=tabular",
                 f"data.adapter.items_path={items}",

@@ -14,22 +14,8 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import embed_items, evaluate, generate_traces
-from tte_recsys.serving.embed_job import load_vectors
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _embed_overrides(model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "data=amazon_office",
-        "debug=tiny",
-        "data.max_items=150",
-        f"embedder.model_path={model}",
-        "embedder.pooling=last",
-        "shard_size=64",
-        f"output_dir={out}",
-        *extra,
-    ]
+from tests.helpers import ROOT, embed_overrides
+from tte_recsys.vectors import load_vectors
 
 
 def test_traces_embed_evaluate_end_to_end(
@@ -41,8 +27,8 @@ def test_traces_embed_evaluate_end_to_end(
         "data.max_items=150",
         "reasoner=hf",
         f"reasoner.model_path={tiny_qwen_dir}",
-        "reasoner.max_new_tokens=4",
-        "reasoner.do_sample=true",
+        "reasoner.generation.max_new_tokens=4",
+        "reasoner.generation.do_sample=true",
         f"cache_dir={tmp_path / 'cache'}",
     ]
     s1 = generate_traces.run(compose_cfg("generate_traces", [*tr, f"output_dir={tmp_path / 't1'}"]))
@@ -50,10 +36,10 @@ def test_traces_embed_evaluate_end_to_end(
     s2 = generate_traces.run(compose_cfg("generate_traces", [*tr, f"output_dir={tmp_path / 't2'}"]))
     assert (s2["generated"], s2["cached"], s2["model_calls"]) == (0, 150, 0)
 
-    plain = embed_items.run(compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, tmp_path / "e0")))
+    plain = embed_items.run(compose_cfg("embed_items", embed_overrides(tiny_qwen_dir, tmp_path / "e0")))
     with_t = embed_items.run(
         compose_cfg(
-            "embed_items", _embed_overrides(tiny_qwen_dir, tmp_path / "e1", f"traces_dir={tmp_path / 't2'}")
+            "embed_items", embed_overrides(tiny_qwen_dir, tmp_path / "e1", f"traces_dir={tmp_path / 't2'}")
         )
     )
     assert plain["items"] == with_t["items"] == 150 and with_t["items_with_trace"] == 150
@@ -82,22 +68,22 @@ def test_embed_resumes_and_refuses_another_job(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "e"
-    first = embed_items.run(compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, out)))
+    first = embed_items.run(compose_cfg("embed_items", embed_overrides(tiny_qwen_dir, out)))
     assert first["shards_written"] == 3
     before = load_vectors(out).vectors
     (out / "shards" / "part-00001.parquet").unlink()  # as if killed before this shard landed
-    again = embed_items.run(compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, out)))
+    again = embed_items.run(compose_cfg("embed_items", embed_overrides(tiny_qwen_dir, out)))
     assert (again["shards_written"], again["shards_skipped"]) == (1, 2)
     np.testing.assert_allclose(load_vectors(out).vectors, before, atol=1e-6)
     with pytest.raises(ValueError, match=r"already holds vectors of another job \(differs in \{'model_id'"):
         embed_items.run(
-            compose_cfg("embed_items", _embed_overrides(tiny_qwen_dir, out, "embedder.pooling=mean"))
+            compose_cfg("embed_items", embed_overrides(tiny_qwen_dir, out, "embedder.pooling=mean"))
         )
 
 
 def test_torchrun_two_processes_equal_one(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     def launch(n: int, out: Path) -> None:
-        args = [a for a in _embed_overrides(tiny_qwen_dir, out) if not a.startswith("output_dir")]
+        args = [a for a in embed_overrides(tiny_qwen_dir, out) if not a.startswith("output_dir")]
         cmd = [
             sys.executable,
             "-m",
@@ -123,8 +109,9 @@ def test_torchrun_two_processes_equal_one(tiny_qwen_dir: Path, tmp_path: Path) -
 def test_items_without_any_text_are_named_before_embedding(tmp_path: Path) -> None:
     from typing import Any, cast
 
-    from tte_recsys.serving.embed_job import JobSpec, embed_catalog
+    from tte_recsys.serving.embed_job import embed_catalog
     from tte_recsys.tte.items import ItemInput
+    from tte_recsys.vectors import JobSpec
 
     items = [
         ItemInput("a", {"title": "Stapler"}),

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["EvalConfig", "LabelConfig", "PairConfig", "SplitConfig", "from_mapping"]
@@ -163,13 +162,3 @@ def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where
             raw[f.name] = tuple(raw[f.name])
     kwargs: dict[str, Any] = {str(k): v for k, v in raw.items()}
     return cls(**kwargs)
-
-
-_cs = ConfigStore.instance()
-for _name, _node in {
-    "pairs": PairConfig,
-    "split": SplitConfig,
-    "labels": LabelConfig,
-    "eval": EvalConfig,
-}.items():
-    _cs.store(group="schema", name=_name, node=_node)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.artifacts import write_manifest, write_parquet
 from tte_recsys.config import LabelConfig
 from tte_recsys.data import labels

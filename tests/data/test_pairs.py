@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.config import PairConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.pairs import PAIR_SCHEMA, directed_pairs, mine_pairs

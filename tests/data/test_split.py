@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.adapters import MovieLensAdapter
 from tte_recsys.data.dataset import Dataset

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.split import temporal_split
 from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity, ease_weights
-from tte_recsys.evaluation.retrieval import topk_excluding
+from tte_recsys.retrieval import topk_excluding
 
 
 def test_ease_matches_direct_numpy() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.config import EvalConfig, LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tte_recsys.models.mtmh import FrozenContent
+from tte_recsys.models.content import FrozenContent
 
 
 def test_one_copy_per_device_and_the_master_stays_put() -> None:

@@ -8,8 +8,9 @@ import polars as pl
 import pytest
 import torch
 
+from tte_recsys.models.content import FrozenContent
 from tte_recsys.models.id_prior import IdPrior, apply_id_prior, apply_id_priors, id_table_key
-from tte_recsys.models.mtmh import FrozenContent, ItemFeatures, ModelConfig, MTMHModel
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
 
 GENRES = [["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "c"], ["a"], ["c"]]
 COUNTS = np.array([9, 7, 6, 5, 8, 0, 2, 0], dtype=np.int64)  # items 5, 7 cold; item 6 has 2

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tte_recsys.models.mtmh import TrainableContent
-from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.models.content import TrainableContent
+from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.lora import add_lora
 
 TEXTS = [
@@ -28,21 +28,21 @@ def test_repeated_items_are_encoded_once_with_the_same_values_and_gradients(
     tower = TrainableContent(emb, TEXTS, chunk=2)  # items 0, 2, 3: two chunks of different widths
     codes = torch.tensor([2, 0, 2, 3, 0, 2])
     calls = []
-    real = emb._token_ids
+    real = emb.token_ids
 
     def counting(texts, *a, **k):  # type: ignore[no-untyped-def]
         calls.append(len(texts))
         return real(texts, *a, **k)
 
     widths = []
-    real_batch = emb._batch
+    real_batch = emb.pad_batch
 
     def batching(ids, *a, **k):  # type: ignore[no-untyped-def]
         widths.append((len(ids), max(len(x) for x in ids)))
         return real_batch(ids, *a, **k)
 
-    monkeypatch.setattr(emb, "_token_ids", counting)
-    monkeypatch.setattr(emb, "_batch", batching)
+    monkeypatch.setattr(emb, "token_ids", counting)
+    monkeypatch.setattr(emb, "pad_batch", batching)
     out = tower(codes)
     assert calls == [3]  # items 0, 2, 3: each once
     lengths = sorted((len(x) for x in real([TEXTS[0], TEXTS[2], TEXTS[3]])), reverse=True)

@@ -18,10 +18,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from pipelines import evaluate, export_faiss, train_i2i
-from tests.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 from tte_recsys.artifacts import ManifestError, sha256_file
 from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure
-from tte_recsys.serving.retriever import Retriever
+from tte_recsys.serving.retriever import BundleRetriever
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,12 +83,14 @@ def bundle(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     # No id prior here: the tiny random model's item vectors lie in a narrow cone (cosines above
     # 0.999), and the prior narrows it further, to where float32 rounding in faiss's sgemm and
     # numpy's matmul orders near-tied neighbours (one ulp apart) differently, while the test
-    # below wants exact equality. Real data shows the same effect in 0.1% of slots (README).
+    # below wants exact equality. Real data shows the same effect in 0.1% of slots (docs/results.md).
     args += ["select.id_prior_shrinks=[0.0]"]
     # A popularity prior, so that every test below goes through the biased index ([v, bias] rows).
     args += ["select.pop_priors=[0.05]"]
     report = train_i2i.run(_compose("train_i2i", [*args, f"output_dir={root / 'run'}"]))
-    export_faiss.run(_compose("export_faiss", [f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"]))
+    export_faiss.run(
+        _compose("export_faiss", ["debug=tiny", f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"])
+    )
     return root / "run", root / "bundle", report
 
 
@@ -104,12 +106,12 @@ def test_served_quality_equals_the_trained_model(bundle: tuple[Path, Path, dict]
 
 def test_round_trip_in_a_fresh_process(bundle: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
     _, b, _ = bundle
-    r = Retriever.load(b)
+    r = BundleRetriever.load(b)
     ids = r.item_ids[:5]
     mine = [[(h.item_id, round(h.score, 5), h.head) for h in q.hits] for q in r.search(ids, 8)]
     code = (
-        "import json, sys\nfrom tte_recsys.serving.retriever import Retriever\n"
-        f"r = Retriever.load({str(b)!r})\n"
+        "import json, sys\nfrom tte_recsys.serving.retriever import BundleRetriever\n"
+        f"r = BundleRetriever.load({str(b)!r})\n"
         f"print(json.dumps([[(h.item_id, round(h.score, 5), h.head) for h in q.hits] for q in r.search({ids!r}, 8)]))"
     )
     res = subprocess.run(
@@ -121,7 +123,7 @@ def test_round_trip_in_a_fresh_process(bundle: tuple[Path, Path, dict]) -> None:
 
 def test_results_carry_head_and_score_and_errors_are_per_query(bundle: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
     _, b, _ = bundle
-    r = Retriever.load(b)
+    r = BundleRetriever.load(b)
     first = r.item_ids[0]
     ok, bad = r.search([first, "no-such-item"], 10)
     assert bad.error is not None and "no-such-item" in bad.error and not bad.hits
@@ -145,10 +147,10 @@ def test_query_cli_prints_the_neighbours_and_writes_nothing(
     bundle: tuple[Path, Path, dict],  # type: ignore[type-arg]
     tmp_path: Path,
 ) -> None:
-    """``python -m pipelines.query``: the served list on stdout, in the Retriever's order; an unknown
+    """``python -m pipelines.query``: the served list on stdout, in the BundleRetriever's order; an unknown
     id is an error naming it with exit status 2; the working directory stays empty (no Hydra log)."""
     _, b, _ = bundle
-    r = Retriever.load(b)
+    r = BundleRetriever.load(b)
     first = r.item_ids[0]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -189,24 +191,24 @@ def test_tampering_is_refused(bundle: tuple[Path, Path, dict], tmp_path: Path) -
     data[-5] ^= 0xFF
     (b / "coeng.faiss").write_bytes(bytes(data))
     with pytest.raises(ManifestError, match=r"coeng\.faiss.*sha256"):
-        Retriever.load(b)
+        BundleRetriever.load(b)
 
     b = fresh("missing")
     (b / "ids.parquet").unlink()
     with pytest.raises(ManifestError, match=r"ids\.parquet.*missing"):
-        Retriever.load(b)
+        BundleRetriever.load(b)
 
     b = fresh("dims")
-    n = Retriever.load(src)._vectors["coeng"].shape[0]
+    n = BundleRetriever.load(src)._vectors["coeng"].shape[0]
     other = faiss.IndexIDMap(faiss.IndexFlatIP(8))
     other.add_with_ids(_clustered(n, 8), np.arange(n, dtype=np.int64))
     faiss.write_index(other, str(b / "coeng.faiss"))
     _fix_sha(b, "coeng.faiss")
     with pytest.raises(ManifestError, match="x 8 vectors, the manifest says"):
-        Retriever.load(b)
+        BundleRetriever.load(b)
 
     b = fresh("model")  # same shape, another model's vectors (here: the items' vectors permuted)
-    r = Retriever.load(src)
+    r = BundleRetriever.load(src)
     assert r.item_bias is not None
     v = np.concatenate([r._vectors["coeng"], r.item_bias[:, None]], axis=1)  # the index's [v, bias] rows
     foreign = faiss.IndexIDMap(faiss.IndexFlatIP(v.shape[1]))
@@ -214,4 +216,4 @@ def test_tampering_is_refused(bundle: tuple[Path, Path, dict], tmp_path: Path) -
     faiss.write_index(foreign, str(b / "coeng.faiss"))
     _fix_sha(b, "coeng.faiss")
     with pytest.raises(ManifestError, match="belongs to another model"):
-        Retriever.load(b)
+        BundleRetriever.load(b)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tte_recsys.config import LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
 from tte_recsys.training.batches import (
+    BatchConfig,
     PackedBatch,
     PairBatches,
     batch_loader,
@@ -52,8 +53,10 @@ def test_two_ranks_split_the_one_rank_batch() -> None:
     lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
     rng = np.random.default_rng(0)
     src, dst = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
-    one = PairBatches(src, dst, f, lab, batch_size=8, seed=3)
-    halves = [PairBatches(src, dst, f, lab, batch_size=8, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    one = PairBatches(src, dst, f, lab, BatchConfig(batch_size=8, seed=3))
+    halves = [
+        PairBatches(src, dst, f, lab, BatchConfig(batch_size=8, seed=3), rank=r, world_size=2) for r in (0, 1)
+    ]
     assert len(one) == 5
     for step in (0, 4, 7):  # step 7 is in epoch 1: another permutation
         full, parts = one[step], [h[step] for h in halves]
@@ -78,7 +81,7 @@ def test_log_q_is_target_frequency_and_collate_builds_a_kjt() -> None:
     ds = _ds()
     f = ItemFeatures.from_items(ds.items, ["genres"])
     src, dst = np.array([0, 1, 2, 3]), np.array([1, 1, 1, 4])
-    b = PairBatches(src, dst, f, None, batch_size=4)
+    b = PairBatches(src, dst, f, None, BatchConfig(batch_size=4))
     arrays = b[0]
     assert "labels" not in arrays
     expect = {1: np.log(0.75), 4: np.log(0.25)}
@@ -96,7 +99,7 @@ def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
     lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
     src, dst = np.arange(40) % 5, (np.arange(40) + 2) % 5
     for labeler in (lab, None):
-        pb = PairBatches(src, dst, f, labeler, batch_size=8, id_dropout=0.3)
+        pb = PairBatches(src, dst, f, labeler, BatchConfig(batch_size=8, id_dropout=0.3))
         for step in range(3):
             arrays = pb[step]
             packed = PackedBatch.pack(f.names, arrays)
@@ -117,7 +120,7 @@ def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
             for key in f.names:
                 assert kjt[key].values().tolist() == want[key].values().tolist()
     # through a loader worker process: the same batches, in step order
-    pb = PairBatches(src, dst, f, lab, batch_size=8)
+    pb = PairBatches(src, dst, f, lab, BatchConfig(batch_size=8))
     loaded = [b.to("cpu") for b in batch_loader(pb, 2, 6, num_workers=1)]
     for step, b in zip(range(2, 6), loaded, strict=True):
         np.testing.assert_array_equal(b.labels.numpy(), pb[step]["labels"])
@@ -127,9 +130,9 @@ def test_packed_batch_is_the_arrays_and_the_kjt_of_the_features() -> None:
 def test_batch_errors() -> None:
     f = ItemFeatures.from_items(_ds().items, [])
     with pytest.raises(ValueError, match="divisible by the world size"):
-        PairBatches(np.zeros(10), np.zeros(10), f, None, batch_size=5, world_size=2)
+        PairBatches(np.zeros(10), np.zeros(10), f, None, BatchConfig(batch_size=5), world_size=2)
     with pytest.raises(ValueError, match="lower the batch size"):
-        PairBatches(np.zeros(3), np.zeros(3), f, None, batch_size=4)
+        PairBatches(np.zeros(3), np.zeros(3), f, None, BatchConfig(batch_size=4))
 
 
 def test_model_config_errors() -> None:
@@ -162,14 +165,14 @@ def test_cold_items_without_id_and_id_dropout() -> None:
     assert f.kjt(np.array([1]))["item_id"].values().tolist() == []
     src, dst = np.arange(40) % 5, (np.arange(40) + 1) % 5
     plain = ItemFeatures.from_items(ds.items, [])
-    b = PairBatches(src, dst, plain, None, batch_size=40, id_dropout=0.5)[0]
+    b = PairBatches(src, dst, plain, None, BatchConfig(batch_size=40, id_dropout=0.5))[0]
     kept = b["lengths"][:80]
     assert 20 < kept.sum() < 60  # about half the 80 items keep their id
     assert b["values"].tolist() == b["codes"][kept.astype(bool)].tolist()
-    again = PairBatches(src, dst, plain, None, batch_size=40, id_dropout=0.5)[0]
+    again = PairBatches(src, dst, plain, None, BatchConfig(batch_size=40, id_dropout=0.5))[0]
     assert again["lengths"].tolist() == b["lengths"].tolist()  # seeded by step: resumable
     with pytest.raises(ValueError, match="id_dropout"):
-        PairBatches(src, dst, plain, None, batch_size=40, id_dropout=1.0)
+        PairBatches(src, dst, plain, None, BatchConfig(batch_size=40, id_dropout=1.0))
 
 
 def test_count_weighting_repeats_each_pair_by_its_count_and_moves_log_q() -> None:
@@ -180,7 +183,7 @@ def test_count_weighting_repeats_each_pair_by_its_count_and_moves_log_q() -> Non
     c_src, c_dst = epoch_pairs(pairs, "count")
     assert list(zip(c_src.tolist(), c_dst.tolist(), strict=True)) == [(0, 1)] * 3 + [(1, 2)] + [(2, 3)] * 2
     # One epoch of 6 pairs; target 1 is now half the targets, so its logQ is log(1/2), not log(1/3).
-    b = PairBatches(c_src, c_dst, f, None, batch_size=6)
+    b = PairBatches(c_src, c_dst, f, None, BatchConfig(batch_size=6))
     got = dict(zip(b[0]["cand"].tolist(), b[0]["log_q"].tolist(), strict=True))
     assert got == pytest.approx({1: np.log(3 / 6), 2: np.log(1 / 6), 3: np.log(2 / 6)})
     with pytest.raises(ValueError, match="pair counts must be >= 1"):
@@ -211,9 +214,11 @@ def test_uniform_negatives_join_the_candidates_of_every_rank() -> None:
     lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
     rng = np.random.default_rng(1)
     src, dst = rng.integers(0, 5, 40), rng.integers(0, 3, 40)  # items 3 and 4 are never targets
-    one = PairBatches(src, dst, f, lab, batch_size=8, seed=3, uniform_negatives=6)
+    one = PairBatches(src, dst, f, lab, BatchConfig(batch_size=8, seed=3, uniform_negatives=6))
     halves = [
-        PairBatches(src, dst, f, lab, batch_size=8, seed=3, rank=r, world_size=2, uniform_negatives=6)
+        PairBatches(
+            src, dst, f, lab, BatchConfig(batch_size=8, seed=3, uniform_negatives=6), rank=r, world_size=2
+        )
         for r in (0, 1)
     ]
     table = torch.nn.functional.normalize(
@@ -253,6 +258,6 @@ def test_uniform_negatives_join_the_candidates_of_every_rank() -> None:
         torch.testing.assert_close(two, loss(full, full["cand"]))
     assert seen_cold
     with pytest.raises(ValueError, match=r"trainer\.uniform_negatives=3: expected >= 0 and divisible"):
-        PairBatches(src, dst, f, lab, batch_size=8, world_size=2, uniform_negatives=3)
+        PairBatches(src, dst, f, lab, BatchConfig(batch_size=8, uniform_negatives=3), world_size=2)
     with pytest.raises(ValueError, match=r"trainer\.uniform_negatives=-1: expected >= 0"):
         TrainerConfig(uniform_negatives=-1)

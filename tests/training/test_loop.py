@@ -10,53 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
-from tte_recsys.config import LabelConfig
-from tte_recsys.data.labels import DeviceLabels, RelevanceLabeler
-from tte_recsys.losses.mtmh import LossConfig
-from tte_recsys.models.mtmh import ContentTower, FrozenContent, ItemFeatures, ModelConfig, MTMHModel
+from tests.helpers import STEPS, tiny_fit
+from tte_recsys.data.labels import DeviceLabels
+from tte_recsys.models.content import FrozenContent
 from tte_recsys.training import loop
-from tte_recsys.training.batches import PairBatches
-from tte_recsys.training.loop import READ_EVERY, TrainerConfig, fit
-
-STEPS = 2 * READ_EVERY + 3  # two full blocks and a partial one
-
-
-def tiny_fit(
-    ckpt_dir: Path,
-    steps: int = STEPS,
-    resume: bool = False,
-    ckpt_every: int = 0,
-    labels_on_device: bool | None = None,
-    content: ContentTower | None = None,
-) -> loop.TrainResult:
-    """A model on 8 items (ids and a 2-value genre, and ``content`` if given), 8 pairs per step,
-    seeded: one head, or with ``labels_on_device`` set, both heads and genre-Jaccard labels."""
-    ds = make_dataset(
-        [("u", i, t) for t, i in enumerate("abcdefgh")],
-        {i: ["x" if i < "e" else "y", "z"] if i in "aeg" else ["x" if i < "e" else "y"] for i in "abcdefgh"},
-    )
-    f = ItemFeatures.from_items(ds.items, ["genres"])
-    lab = None
-    if labels_on_device is not None:
-        lab = RelevanceLabeler.from_dataset(ds, LabelConfig(fields={"genres": 1.0}))
-    rng = np.random.default_rng(0)
-    batches = PairBatches(rng.integers(0, 8, 64), rng.integers(0, 8, 64), f, lab, batch_size=8)
-    torch.manual_seed(0)
-    heads = ("coeng",) if lab is None else ("coeng", "semantic")
-    kind = "none" if content is None else "frozen"
-    cfg = ModelConfig(heads=heads, content=kind, hidden=(8,), features=("genres",))
-    model = MTMHModel(cfg, f.num_embeddings(), content, device="meta")
-    tc = TrainerConfig(
-        batch_size=8,
-        max_steps=steps,
-        eval_every=0,
-        ckpt_every=ckpt_every,
-        num_workers=0,
-        labels_on_device=labels_on_device,
-    )
-    loss = LossConfig(lam=0.0, alpha=0.0) if lab is None else LossConfig(lam=1.0)
-    return fit(model, batches, tc, loss, ckpt_dir, resume=resume)
+from tte_recsys.training.loop import TrainerConfig
 
 
 def test_every_step_is_logged_in_order(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -83,13 +84,19 @@ def test_relevance_kl_hand_computed() -> None:
 def test_multitask_sum_weights_each_term() -> None:
     cfg = LossConfig(temperature=1.0, label_temperature=1.0, lam=2.0, alpha=0.5, logq=False)
     emb = {"coeng": EYE, "semantic": EYE}
-    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # labels that disagree with the scores S = I, so the relevance term is not 0 and a wrong lambda shows:
+    # per row p = softmax(R) = [0.268941, 0.731059], q = softmax(S) = [0.731059, 0.268941], and
+    # KL(p || q) = (0.731059 - 0.268941) ln(0.731059 / 0.268941) = 0.462117 (ln(e) = 1)
+    labels = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     out = mtmh_loss(emb, emb, POS, labels, cfg)
     ce = math.log(1 + math.exp(-1))  # both softmax terms, as above
+    kl = 0.462117
     assert out["coeng"].item() == pytest.approx(ce, abs=1e-6)
     assert out["sem_coeng"].item() == pytest.approx(ce, abs=1e-6)
-    assert out["rel"].item() == pytest.approx(0.0, abs=1e-6)  # scores equal labels at equal temperatures
-    assert out["loss"].item() == pytest.approx(ce + 2.0 * 0.0 + 0.5 * ce, abs=1e-6)
+    assert out["rel"].item() == pytest.approx(kl, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(ce + 2.0 * kl + 0.5 * ce, abs=1e-6)
+    halved = mtmh_loss(emb, emb, POS, labels, dataclasses.replace(cfg, lam=1.0))["loss"].item()
+    assert out["loss"].item() - halved == pytest.approx(kl, abs=1e-6)  # lambda weights exactly that term
 
 
 def test_semantic_head_without_labels_is_an_error() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchrec.distributed.planner.types import ParameterConstraints
 
-from tests.training.test_loop import tiny_fit
+from tests.helpers import tiny_fit
 from tte_recsys.models.mtmh import ModelConfig, MTMHModel
 from tte_recsys.training import sharding
 from tte_recsys.training.sharding import init_tables, process_group, shard_model, unsharded_state

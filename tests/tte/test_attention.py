@@ -12,7 +12,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tte_recsys.tte import attention
-from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.factory import build_embedder
 
 
 class _Module(nn.Module):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tte_recsys.tte.embedder import Embedder, build_embedder
+from tte_recsys.tte.embedder import Embedder
+from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.models import resolve_model_dir
 from tte_recsys.tte.pooling import LastTokenPooling, MeanPooling, MetaQueries
 
@@ -86,7 +87,7 @@ def test_meta_queries_train_alone_on_a_frozen_backbone(tiny_qwen_dir: Path) -> N
     e = _qwen(tiny_qwen_dir, "meta", "left", meta_queries=3, meta_heads=2)
     assert isinstance(e.pooling, MetaQueries)
     e.backbone.requires_grad_(False)
-    batch = e._batch(e._token_ids(TEXTS))
+    batch = e.pad_batch(e.token_ids(TEXTS))
     out = e(**batch)  # (B, H, D)
     assert out.shape == (4, 2, 32)
     out[:, 0].sum().backward()
@@ -171,8 +172,8 @@ def test_an_input_without_tokens_is_a_clear_error(tiny_qwen_dir: Path) -> None:
 def test_batches_pad_like_the_tokenizer(tiny_qwen_dir: Path, side: str) -> None:
     e = build_embedder(str(tiny_qwen_dir), pooling="last")
     e.tokenizer.padding_side = side
-    ids = e._token_ids(["a stapler", "Desk organiser with three drawers, black mesh", "Heat"])
+    ids = e.token_ids(["a stapler", "Desk organiser with three drawers, black mesh", "Heat"])
     ref = e.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    got = e._batch(ids)
+    got = e.pad_batch(ids)
     assert torch.equal(got["input_ids"], ref["input_ids"])
     assert torch.equal(got["attention_mask"], ref["attention_mask"])

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tte_recsys.tte.embedder import build_embedder
+from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.lora import add_lora, load_lora, save_lora
 
 TEXTS = ["a comedy film", "office paper and pens", "calculator"]
@@ -18,7 +18,7 @@ def test_lora_trains_only_adapters_and_round_trips(tiny_qwen_dir: Path, tmp_path
     trainable = {n for n, p in emb.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("pooling.") for n in trainable)
     opt = torch.optim.SGD([p for p in emb.parameters() if p.requires_grad], lr=0.5)
-    batch = emb._batch(emb._token_ids(TEXTS))
+    batch = emb.pad_batch(emb.token_ids(TEXTS))
     for _ in range(3):
         opt.zero_grad()
         v = emb(**batch).reshape(3, -1)

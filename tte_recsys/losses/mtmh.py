@@ -7,6 +7,7 @@ positive is candidate ``pos[i]``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,18 @@ class LossConfig:
         for name in ("lam", "alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(self, name)}: expected >= 0")
+
+    def needs_labels(self, heads: Collection[str]) -> bool:
+        """Whether training ``heads`` under this loss needs each batch's relevance labels: the
+        one place that says so (the batch builder, the loop and :func:`mtmh_loss` ask here)."""
+        return "semantic" in heads and self.lam > 0
+
+    def check_heads(self, heads: Collection[str]) -> None:
+        """Refuse a semantic head that no term of this loss would train."""
+        if "semantic" in heads and self.lam == 0 and self.alpha == 0:
+            raise ValueError(
+                "model.heads has 'semantic' but lambda = loss.alpha = 0: that head would never train"
+            )
 
 
 def sampled_softmax_logq(
@@ -130,7 +143,7 @@ def mtmh_loss(
         total = total + out["coeng"]
     if "semantic" in query:
         scores = query["semantic"] @ cand["semantic"].T  # (b, B), shared by both terms
-        if cfg.lam > 0:
+        if cfg.needs_labels(query):
             if labels is None:
                 raise ValueError("the semantic head with loss.lam > 0 needs the batch's relevance labels")
             out["rel"] = relevance_kl(scores, labels, cfg.temperature, cfg.label_temperature)

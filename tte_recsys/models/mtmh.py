@@ -20,19 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
-from tte_recsys.tte.embedder import Embedder
+from tte_recsys.models.content import CONTENT_MODES, ContentTower
 
-__all__ = [
-    "ContentTower",
-    "FrozenContent",
-    "ItemFeatures",
-    "MTMHModel",
-    "ModelConfig",
-    "TrainableContent",
-    "table_name",
-]
+__all__ = ["ItemFeatures", "MTMHModel", "ModelConfig", "table_name"]
 
-CONTENT_MODES = ("none", "frozen", "trainable")
 ID_FEATURE = "item_id"
 
 
@@ -183,100 +174,6 @@ class ItemFeatures:
             values=torch.from_numpy(np.asarray(values)),
             lengths=torch.from_numpy(np.asarray(lengths)).to(torch.int32),
         )
-
-
-class ContentTower(nn.Module):
-    """Item codes (B,) -> content vectors (B, dim)."""
-
-    dim: int
-
-    def reset(self) -> None:
-        """Back to the weights it was built with (a tower that trains; others have nothing to do)."""
-
-
-class FrozenContent(ContentTower):
-    """Precomputed vectors (N, D) looked up by item code; a plain tensor attribute (not a parameter
-    or buffer), so optimisers, DDP and the sharded state dict never see it."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table.float()
-        self.dim = int(table.shape[1])
-        self._copies = {self.table.device: self.table}
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        # one copy per device, made on its first batch: a GPU run's validation encodes on the CPU
-        # with the same tower, and neither side moves the table back and forth
-        table = self._copies.get(codes.device)
-        if table is None:
-            table = self._copies[codes.device] = self.table.to(codes.device)
-        return table[codes]
-
-
-class TrainableContent(ContentTower):
-    """The TTE embedder (typically with LoRA) inside the model: tokenises the batch's item texts.
-
-    Each distinct item of a batch is encoded once (a batch holds its triggers and targets, and
-    popular items recur: 2,048 codes hold about 1,460 items on MovieLens train pairs and 1,070 on
-    Amazon Office), in chunks of ``chunk`` items of similar token length, so padding stays small.
-    Both matter for memory as well as time: the backward keeps every layer's activations of every
-    padded token. Gradients of repeated rows add up in the lookup's backward, as they would per
-    copy, in the same order on every run.
-    ``checkpointing``: recompute the embedder's layer activations in the backward instead of
-    keeping them (MiniLM + LoRA, Amazon Office, 128 pairs: 0.49x the memory, 1.72x the time of a
-    forward + backward; ``bench/content_step.py``).
-    """
-
-    def __init__(
-        self, embedder: Embedder, texts: Sequence[str], chunk: int = 64, checkpointing: bool = False
-    ) -> None:
-        super().__init__()
-        if chunk < 1:
-            raise ValueError(f"chunk={chunk}: expected >= 1")
-        if checkpointing:
-            backbone = embedder.backbone
-            if not getattr(backbone, "supports_gradient_checkpointing", False):
-                raise ValueError(
-                    f"content_checkpointing=true: {type(backbone).__name__} does not support activation checkpointing"
-                )
-            # non-reentrant: gradients reach the LoRA weights although the inputs need none
-            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.embedder = embedder
-        self.texts = list(texts)
-        self.dim = embedder.dim
-        self.chunk = chunk
-        # What reset() restores: the trainable weights as built (LoRA adapters: small). A run
-        # trains several models (the lambda grid, the one-head reference) on this one tower.
-        self._initial = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-        # Token ids per item code, filled as items first appear: item texts never change, and
-        # tokenising a batch's ~1,000 distinct items costs the host ~36 ms a step (Amazon, MiniLM).
-        self._tokens: dict[int, np.ndarray] = {}
-
-    def reset(self) -> None:
-        with torch.no_grad():
-            for n, p in self.named_parameters():
-                if n in self._initial:
-                    p.copy_(self._initial[n])
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        unique, inverse = torch.unique(codes, return_inverse=True)
-        items = unique.tolist()
-        if missing := [c for c in items if c not in self._tokens]:
-            tokenised = self.embedder._token_ids([self.texts[c] for c in missing])
-            self._tokens.update(
-                (c, np.asarray(t, dtype=np.int32)) for c, t in zip(missing, tokenised, strict=True)
-            )
-        ids = [self._tokens[c] for c in items]
-        chunks = self.embedder._length_chunks(ids, self.chunk)
-        out = torch.cat([self.embedder(**self.embedder._batch([ids[i] for i in rows])) for rows in chunks])
-        at = torch.empty(len(ids), dtype=torch.long)  # unique item -> its row of out
-        at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
-        rows = at.to(codes.device)[inverse]  # code -> its row of out (inverse is on codes' device)
-        # (B, D). Not out[rows]: on the CPU its backward adds the gradients of repeated items with
-        # atomic adds from several threads, in a different order each time (two runs of one config
-        # drifted apart in rounding). Embedding's backward sums them in a fixed order, and PyTorch
-        # does not list it among the nondeterministic CUDA ops either.
-        return F.embedding(rows, out.float().to(codes.device))
 
 
 class MTMHModel(nn.Module):

@@ -1,17 +1,17 @@
-"""Batch item embedding, FAISS export and the multi-head Retriever.
+"""Batch item embedding, FAISS export and the multi-head BundleRetriever.
 
-``from tte_recsys.serving import Retriever`` is resolved lazily, so importing the embedding job
+``from tte_recsys.serving import BundleRetriever`` is resolved lazily, so importing the embedding job
 does not import faiss and TorchRec.
 """
 
 from typing import Any
 
-__all__ = ["Retriever"]
+__all__ = ["BundleRetriever"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Retriever":
-        from tte_recsys.serving.retriever import Retriever
+    if name == "BundleRetriever":
+        from tte_recsys.serving.retriever import BundleRetriever
 
-        return Retriever
+        return BundleRetriever
     raise AttributeError(f"module 'tte_recsys.serving' has no attribute {name!r}")

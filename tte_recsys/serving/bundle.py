@@ -29,9 +29,9 @@ import numpy as np
 import polars as pl
 
 from tte_recsys.artifacts import atomic_path, write_manifest, write_parquet
-from tte_recsys.serving.embed_job import SHARDS, JobSpec, write_shards
+from tte_recsys.models.export import ExportedModel
 from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure, near_queries
-from tte_recsys.training.export import ExportedModel
+from tte_recsys.vectors import SHARDS, JobSpec, write_shards
 
 __all__ = ["KIND", "PROBES", "build_bundle", "query_rows", "read_head_chunks", "write_vectors"]
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tte_recsys.evaluation.retrieval import topk_excluding
+from tte_recsys.retrieval import topk_excluding
 
 __all__ = ["HeadVectorsRetriever", "merge_by_quota", "popularity_bias", "quota_shares"]
 
@@ -40,7 +40,7 @@ def popularity_bias(train_counts: np.ndarray, weight: float) -> np.ndarray | Non
 
     Added to every candidate's score in every head. The model's scores are cosines of unit
     vectors, which hold a catalog's popularity skew poorly; where that skew carries the
-    co-engagement signal, the selection on valid turns this on (README). None for weight 0.
+    co-engagement signal, the selection on valid turns this on (docs/results.md). None for weight 0.
     """
     if weight < 0:
         raise ValueError(f"popularity prior weight {weight}: expected >= 0")

@@ -1,10 +1,10 @@
-"""The multi-head serving Retriever over a bundle written by ``pipelines.export_faiss``.
+"""The multi-head serving retriever over a bundle written by ``pipelines.export_faiss``.
 
-``Retriever.load(bundle)`` verifies the manifest (every file's sha256, the index dims, and each
+``BundleRetriever.load(bundle)`` verifies the manifest (every file's sha256, the index dims, and each
 head's probe: an index built for another model answers its probe queries differently), then
 answers batched queries by item id or by vector: per-head top-K, merged by quota with the
 trigger and duplicates removed, every result carrying its score and the head that found it.
-It also implements the evaluation ``Retriever`` protocol (``retrieve(codes, k)``), so the
+It also implements the ``ItemRetriever`` contract (:mod:`tte_recsys.retrieval`) (``retrieve(codes, k)``), so the
 evaluation harness scores exactly what is served.
 """
 
@@ -24,7 +24,7 @@ from tte_recsys.serving.bundle import KIND, query_rows, read_head_chunks
 from tte_recsys.serving.faiss_index import IndexConfig, set_search_params
 from tte_recsys.serving.merge import merge_by_quota, quota_shares
 
-__all__ = ["Hit", "QueryResult", "Retriever"]
+__all__ = ["BundleRetriever", "Hit", "QueryResult"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class QueryResult:
     error: str | None = None
 
 
-class Retriever:
+class BundleRetriever:
     """Per-head FAISS search merged by quota.
 
     Args (of :meth:`load`):
@@ -71,7 +71,7 @@ class Retriever:
         self.shares = shares
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, share: float | None = None) -> Retriever:
+    def load(cls, bundle_dir: str | Path, share: float | None = None) -> BundleRetriever:
         d = Path(bundle_dir)
         m = read_manifest(d, kind=KIND)
         names: list[str] = m["head_names"]

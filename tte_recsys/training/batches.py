@@ -27,6 +27,7 @@ from tte_recsys.models.mtmh import ItemFeatures
 __all__ = [
     "PAIR_WEIGHTS",
     "Batch",
+    "BatchConfig",
     "PackedBatch",
     "PairBatches",
     "batch_loader",
@@ -111,6 +112,36 @@ def mixed_log_q(counts: np.ndarray, batch_size: int, uniform: int) -> np.ndarray
         return np.log(p + uniform / (batch_size * len(counts))).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class BatchConfig:
+    """What a batch holds (the batch fields of ``TrainerConfig``; :meth:`TrainerConfig.batches`).
+
+    Attributes:
+        batch_size: global batch size (divisible by the world size).
+        seed: the batch order's and the id dropout's seed.
+        id_dropout: share of batch items whose id feature is left out (seeded by step), so the
+            model learns to place items from their other features and content: how it sees a cold
+            item, whose id embedding never trained.
+        uniform_negatives: items drawn uniformly from the whole catalog per global batch and added
+            to the candidates (mixed negative sampling, Yang et al., 2020): in-batch candidates are
+            only items that are someone's train target, so items that never are (cold, long tail)
+            are never scored in training. Each rank draws its share; divisible by the world size.
+    """
+
+    batch_size: int
+    seed: int = 0
+    id_dropout: float = 0.0
+    uniform_negatives: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"trainer.batch_size={self.batch_size}: expected >= 1")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"trainer.id_dropout={self.id_dropout}: expected 0 <= p < 1")
+        if self.uniform_negatives < 0:
+            raise ValueError(f"trainer.uniform_negatives={self.uniform_negatives}: expected >= 0")
+
+
 class PairBatches(Dataset[dict[str, np.ndarray]]):
     """Map-style dataset: global step -> this rank's batch arrays (see :func:`collate`).
 
@@ -118,14 +149,8 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         src, dst: (P,) train pair item codes (each unique directed pair once per epoch).
         features: item features for the KJT.
         labeler: relevance labels for the semantic loss (None: no labels built).
-        batch_size: global batch size (divisible by ``world_size``).
-        id_dropout: share of batch items whose id feature is left out (seeded by step), so the
-            model learns to place items from their other features and content: how it sees a cold
-            item, whose id embedding never trained.
-        uniform_negatives: items drawn uniformly from the whole catalog per global batch and added
-            to the candidates (mixed negative sampling, Yang et al., 2020): in-batch candidates are
-            only items that are someone's train target, so items that never are (cold, long tail)
-            are never scored in training. Each rank draws its share; divisible by ``world_size``.
+        cfg: what a batch holds (size, seed, id dropout, uniform negatives).
+        rank, world_size: this process's share of every global batch.
     """
 
     def __init__(
@@ -134,15 +159,11 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         dst: np.ndarray,
         features: ItemFeatures,
         labeler: RelevanceLabeler | None,
-        batch_size: int,
-        seed: int = 0,
+        cfg: BatchConfig,
         rank: int = 0,
         world_size: int = 1,
-        id_dropout: float = 0.0,
-        uniform_negatives: int = 0,
     ) -> None:
-        if not 0.0 <= id_dropout < 1.0:
-            raise ValueError(f"trainer.id_dropout={id_dropout}: expected 0 <= p < 1")
+        batch_size, seed, uniform_negatives = cfg.batch_size, cfg.seed, cfg.uniform_negatives
         if batch_size % world_size:
             raise ValueError(
                 f"trainer.batch_size={batch_size} must be divisible by the world size {world_size}"
@@ -159,7 +180,7 @@ class PairBatches(Dataset[dict[str, np.ndarray]]):
         self.src, self.dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
         self.features, self.labeler = features, labeler
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
-        self.id_dropout, self.uniform = id_dropout, uniform_negatives
+        self.id_dropout, self.uniform = cfg.id_dropout, uniform_negatives
         counts = np.bincount(self.dst, minlength=features.num_items).astype(np.float64)
         self.log_q = mixed_log_q(counts, batch_size, uniform_negatives)  # (N,)
         self._perm: tuple[int, np.ndarray] | None = None

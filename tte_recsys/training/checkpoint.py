@@ -5,7 +5,7 @@ random generator state (dropout in a trainable content tower draws from it every
 ``manifest.json`` (rank 0, after every rank has written) marks the folder complete and carries the
 loop state (step, early stopping) and sha256 of every file, verified on load. A run killed while
 writing leaves a folder without a manifest, which resume ignores. Checkpoints resume at the same
-world size only; the unsharded export (:mod:`tte_recsys.training.export`) is what other world
+world size only; the unsharded export (:mod:`tte_recsys.models.export`) is what other world
 sizes and serving load.
 """
 

@@ -26,7 +26,7 @@ from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
 from tte_recsys.progress import progress
-from tte_recsys.training.batches import PAIR_WEIGHTS, PairBatches, batch_loader
+from tte_recsys.training.batches import PAIR_WEIGHTS, BatchConfig, PairBatches, batch_loader
 from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
 
@@ -50,7 +50,7 @@ class TrainerConfig:
         ckpt_every: checkpoint every N steps; 0: never. keep_ckpts: how many to keep.
         num_workers: DataLoader worker processes building batches; None: 1 on CPU (its cores
             train), on a GPU half of this process's share of the cores, at most 8 (the H100
-            loop needed 4-8 to keep up: README Benchmarks).
+            loop needed 4-8 to keep up: docs/benchmarks.md).
         id_dropout: share of batch items trained without their id feature (see ``PairBatches``).
         uniform_negatives: catalog items drawn uniformly per global batch as extra candidates
             (mixed negative sampling, see ``PairBatches``); 0: in-batch targets only.
@@ -89,10 +89,15 @@ class TrainerConfig:
         for name in ("sparse_lr", "dense_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected > 0")
+        self.batches()  # its own checks
         if self.pair_weight not in PAIR_WEIGHTS:
             raise ValueError(
                 f"trainer.pair_weight={self.pair_weight!r}: expected one of {list(PAIR_WEIGHTS)}"
             )
+
+    def batches(self) -> BatchConfig:
+        """What each of this training's batches holds."""
+        return BatchConfig(self.batch_size, self.seed, self.id_dropout, self.uniform_negatives)
 
 
 @dataclass
@@ -187,10 +192,7 @@ def fit(
     """
     rank, world = process_group()
     device = device or local_device()
-    if "semantic" in model.cfg.heads and loss_cfg.lam == 0 and loss_cfg.alpha == 0:
-        raise ValueError(
-            "model.heads has 'semantic' but loss.lam = loss.alpha = 0: that head would never train"
-        )
+    loss_cfg.check_heads(model.cfg.heads)
     sharded: Sharded = shard_model(model, device, cfg.sparse_lr, cfg.dense_lr, cfg.weight_decay)
     init_tables(sharded.dmp, cfg.seed)
     log.info("sharding plan: %s", sharded.plan)

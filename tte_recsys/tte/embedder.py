@@ -6,9 +6,7 @@ texts, batches of similar token length (sorted), results back in input order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,14 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tte_recsys.artifacts import sha256_file
-from tte_recsys.distributed import resolve_device
 from tte_recsys.progress import progress
-from tte_recsys.tte.models import auto_dtype, load_backbone, resolve_model_dir
-from tte_recsys.tte.pooling import MetaQueries, make_pooling
+from tte_recsys.tte.pooling import MetaQueries
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
-__all__ = ["Embedder", "build_embedder", "embedder_from_config"]
+__all__ = ["Embedder"]
 
 
 class Embedder(nn.Module):
@@ -41,7 +36,7 @@ class Embedder(nn.Module):
 
     Example::
 
-        emb = build_embedder("minilm")
+        emb = build_embedder("minilm")  # tte_recsys.tte.factory
         vecs = emb.encode(["Toy Story (1995)", "Heat (1995)"])  # (2, 384) numpy, unit rows
     """
 
@@ -83,10 +78,12 @@ class Embedder(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **images)
         return F.normalize(self.pooling(out.last_hidden_state, attention_mask).float(), dim=-1)  # (B, D)
 
-    def _token_ids(
+    def token_ids(
         self, texts: Sequence[str], images: Sequence[ImageInputs | None] | None = None
     ) -> list[list[int]]:
-        """Token ids per input; an image's vision tokens come first and are never truncated."""
+        """Token ids per input (instruction first, truncated to ``max_length``); an image's vision
+        tokens come first and are never truncated. With :meth:`embed_token_ids` the training door:
+        tokenise once, keep the ids, embed them batch after batch."""
         imgs = list(images) if images is not None else [None] * len(texts)
         enc = self.tokenizer(  # one batched call: the fast tokenizer parallelises it
             [self.instruction + t for t in texts],
@@ -110,9 +107,11 @@ class Embedder(nn.Module):
             )
         return out
 
-    def _batch(
+    def pad_batch(
         self, ids: Sequence[Sequence[int] | np.ndarray], images: Sequence[ImageInputs | None] = ()
     ) -> dict[str, torch.Tensor]:
+        """Token id lists -> the padded ``input_ids`` / ``attention_mask`` batch (the tokenizer's
+        padding side; + image inputs) on the embedder's device."""
         dev = next(self.parameters()).device
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
@@ -129,11 +128,22 @@ class Embedder(nn.Module):
         return {k: v.to(dev) for k, v in batch.items()}
 
     @staticmethod
-    def _length_chunks(ids: Sequence[Sequence[int] | np.ndarray], batch_size: int) -> list[np.ndarray]:
+    def length_chunks(ids: Sequence[Sequence[int] | np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Row indices of ``ids`` in batches of similar token length, longest first (memory peaks
         early, padding stays small); their concatenation is a permutation of the rows."""
         order = np.argsort([-len(x) for x in ids], kind="stable")
         return [order[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int] | np.ndarray], batch_size: int) -> torch.Tensor:
+        """(n, D) unit vectors of pre-tokenised inputs (:meth:`token_ids`), rows in input order,
+        with autograd (the training door; :meth:`encode` is inference). Inputs run in batches of
+        ``batch_size`` of similar token length, so padding, and the activations the backward
+        keeps, stay small."""
+        chunks = self.length_chunks(ids, batch_size)
+        out = torch.cat([self(**self.pad_batch([ids[i] for i in rows])) for rows in chunks])
+        at = torch.empty(len(ids), dtype=torch.long)  # input row -> its row of out
+        at[torch.from_numpy(np.concatenate(chunks))] = torch.arange(len(ids))
+        return out[at.to(out.device)]
 
     def _run(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """One padded batch -> (b, D) float32 numpy (the step another runtime replaces)."""
@@ -162,11 +172,11 @@ class Embedder(nn.Module):
         if images is not None and self.vision is not None:
             vision = self.vision
             prepared = [vision.prepare(p) if p is not None else None for p in images]
-        ids = self._token_ids(items, prepared)
-        chunks = self._length_chunks(ids, batch_size)
+        ids = self.token_ids(items, prepared)
+        chunks = self.length_chunks(ids, batch_size)
         out: list[np.ndarray] = []
         for rows in progress(chunks, desc="encode", disable=not show_progress):
-            batch = self._batch([ids[i] for i in rows], [prepared[i] for i in rows])
+            batch = self.pad_batch([ids[i] for i in rows], [prepared[i] for i in rows])
             out.append(self._run(batch))
         self.train(was_training)
         if not out:
@@ -174,84 +184,3 @@ class Embedder(nn.Module):
         result = np.empty_like(np.concatenate(out))
         result[np.concatenate(chunks)] = np.concatenate(out)
         return result[0] if single else result
-
-
-def build_embedder(
-    model_path: str,
-    pooling: str = "mean",
-    max_length: int = 256,
-    instruction: str = "",
-    meta_queries: int = 4,
-    meta_heads: int = 1,
-    dtype: str = "float32",
-    compile: bool = False,
-    runtime: str = "torch",
-    onnx_cache_dir: str = "outputs/onnx_cache",
-    device: str = "auto",
-) -> Embedder:
-    """An :class:`Embedder` from a local model folder (``minilm`` = the packaged MiniLM).
-
-    ``pooling`` is ``mean``, ``cls``, ``last`` or ``meta`` (``meta_queries`` learnable tokens per
-    head, ``meta_heads`` heads). ``dtype``: ``float32``, ``bfloat16`` (weights held in bf16: measured 2.2x the fp32 peer,
-    where autocast reached 1.9x) or ``auto`` (bf16
-    on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32). ``compile``: ``torch.compile`` the backbone with weight
-    freezing (inference only; about 15-30 s once, then ~1.1x faster fp32 on CPU, measured here).
-    ``runtime``: ``torch``, ``onnx`` (fp32 in ONNX Runtime, exported once into ``onnx_cache_dir``;
-    text-only; 1.48x sentence-transformers on MiniLM here, against 1.24x for ``torch``: bench/embed.py)
-    or ``auto`` (``onnx`` for an fp32 text-only embedder without meta-queries on a machine without
-    a GPU, else ``torch``). Training always uses the PyTorch modules (``OnnxEmbedder`` keeps them).
-    ``device``: ``auto`` (this process's GPU where CUDA is available, else the CPU), ``cpu``,
-    ``cuda`` or ``cuda:N``; the ``onnx`` runtime runs on the CPU.
-    """
-    dev = resolve_device(device)
-    if runtime == "onnx" and dev.type != "cpu":
-        if device != "auto":
-            raise ValueError(f"embedder.runtime=onnx runs on the CPU; device={device!r} asks for {dev}")
-        dev = torch.device("cpu")
-    backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype, dev))
-    backbone = cast(PreTrainedModel, nn.Module.to(backbone, dev))
-    vision = None
-    if getattr(backbone.config, "vision_config", None) is not None:
-        vision = VisionAdapter(resolve_model_dir(model_path), tok, backbone.config)
-    if pooling == "meta":
-        weight = cast(torch.Tensor, backbone.get_input_embeddings().weight)
-        std = float(weight.detach().std())
-        pool: nn.Module = MetaQueries(int(backbone.config.hidden_size), meta_queries, meta_heads, std)
-    else:
-        pool = make_pooling(pooling)
-    if compile:
-        backbone = cast(PreTrainedModel, torch.compile(backbone, dynamic=True, options={"freezing": True}))
-    emb = Embedder(backbone, tok, pool, max_length=max_length, instruction=instruction, vision=vision)
-    if runtime == "auto":  # ONNX Runtime where it was measured faster: on the CPU
-        from tte_recsys.tte.onnx_runtime import onnx_unsupported
-
-        runtime = "onnx" if dev.type == "cpu" and onnx_unsupported(emb) is None else "torch"
-    if runtime == "onnx":
-        from tte_recsys.tte.onnx_runtime import OnnxEmbedder
-
-        d = resolve_model_dir(model_path)
-        weights = "|".join(
-            sha256_file(f) for f in sorted(d.glob("*.safetensors"))
-        )  # a retrained model re-exports
-        key = f"{d.resolve()}|{weights}|{max_length}|{dtype}"
-        return OnnxEmbedder(emb, onnx_cache_dir, key)
-    if runtime != "torch":
-        raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['auto', 'torch', 'onnx']")
-    return emb.to(dev)
-
-
-def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
-    """An embedder from an ``embedder`` config section, and its model id (what produced the vectors)."""
-    embedder = build_embedder(
-        str(e["model_path"]),
-        pooling=str(e["pooling"]),
-        max_length=int(e["max_length"]),
-        instruction=str(e["instruction"]),
-        dtype=str(e["dtype"]),
-        runtime=str(e.get("runtime", "torch")),
-        device=str(e.get("device", "auto")),
-    )
-    model_id = (
-        f"{Path(str(e['model_path'])).name}|{e['pooling']}|{e['max_length']}|{e['dtype']}|{e['instruction']}"
-    )
-    return embedder, model_id

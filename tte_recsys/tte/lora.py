@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -13,7 +14,23 @@ from transformers import PreTrainedModel
 from tte_recsys.artifacts import atomic_path, read_manifest, write_manifest
 from tte_recsys.tte.embedder import Embedder
 
-__all__ = ["add_lora", "load_lora", "save_lora"]
+__all__ = ["LoraSettings", "add_lora", "load_lora", "save_lora"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The ``lora`` config group: LoRA adapters on an embedder that trains (``add_lora``'s arguments)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r={self.r}: expected >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout={self.dropout}: expected 0 <= p < 1")
+
 
 _POOLING = "pooling.safetensors"
 

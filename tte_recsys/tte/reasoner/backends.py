@@ -7,9 +7,10 @@ Chosen by Hydra ``_target_`` (``configs/reasoner/*.yaml``): ``NoReasoner``, ``HF
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import polars as pl
 import torch
@@ -22,11 +23,32 @@ from transformers import (
     PreTrainedModel,
 )
 
+from tte_recsys.config import from_mapping
 from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
-__all__ = ["FileReasoner", "HFReasoner", "NoReasoner", "Reasoner", "TraceRequest"]
+__all__ = [
+    "FileReasoner",
+    "GenerationSettings",
+    "HFReasoner",
+    "LoadSettings",
+    "NoReasoner",
+    "Reasoner",
+    "TraceRequest",
+    "settings",
+]
+
+S = TypeVar("S")
+
+
+def settings(cls: type[S], value: S | Mapping[str, Any] | None, where: str) -> S:
+    """A reasoner's settings object from itself, a config mapping (Hydra passes the YAML's nested
+    section; unknown keys are named) or None (the defaults)."""
+    return (
+        value if isinstance(value, cls) else from_mapping(cls, cast(Mapping[str, Any] | None, value), where)
+    )
+
 
 _IMAGE_MARK = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2-VL's image slot in a user turn
 
@@ -87,44 +109,80 @@ class FileReasoner:
         ]
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How :class:`HFReasoner` decodes (``reasoner.generation``); all of it is in the reasoner id.
+
+    Attributes:
+        max_new_tokens: generation budget per item (a trace cut here is parsed as ``truncated``).
+        batch_size: prompts per ``generate`` call (sorted by length to limit padding).
+        do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
+        repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
+        temperature, top_p: of sampling.
+    """
+
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    repetition_penalty: float = 1.15
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"reasoner.generation: max_new_tokens={self.max_new_tokens} and batch_size={self.batch_size} must be >= 1"
+            )
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How :class:`HFReasoner` loads its model (``reasoner.load``): throughput and placement, not
+    what it writes (none of it is in the reasoner id).
+
+    Attributes:
+        gguf_file: a GGUF checkpoint in ``model_path``, loaded (dequantised) directly; converting it
+            once with ``tte_recsys.tte.convert`` loads ~15x faster afterwards.
+        dtype: ``auto`` (bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32), ``float32`` or ``bfloat16``.
+        device: ``auto`` (this process's GPU, ``cuda:LOCAL_RANK``, where CUDA is available, else the
+            CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        trust_remote_code: run the model folder's own code (off unless asked for).
+    """
+
+    dtype: str = "auto"
+    device: str = "auto"
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+
+
 class HFReasoner:
     """A local transformers causal LM or vision-language model: batched, left-padded ``generate``.
 
     Vision-language checkpoints (Qwen2-VL family) get the request's image in the user turn.
 
     Args:
-        model_path: local folder (safetensors), or the folder holding ``gguf_file``.
-        gguf_file: a GGUF checkpoint in ``model_path``, loaded (dequantised) directly; converting it
-            once with ``tte_recsys.tte.convert`` loads ~15x faster afterwards.
-        max_new_tokens: generation budget per item (a trace cut here is parsed as ``truncated``).
-        batch_size: prompts per ``generate`` call (sorted by length to limit padding).
-        do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
-        repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
-        dtype: ``auto`` (bf16 on a GPU or a CPU with native bf16 (AMX or AVX512-BF16), else fp32), ``float32`` or ``bfloat16``.
-        device: ``auto`` (this process's GPU, ``cuda:LOCAL_RANK``, where CUDA is available, else the
-            CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        model_path: local folder (safetensors), or the folder holding ``load.gguf_file``.
+        generation: how it decodes (:class:`GenerationSettings`, or its mapping).
+        load: how the model is loaded (:class:`LoadSettings`, or its mapping).
     """
 
     def __init__(
         self,
         model_path: str,
-        max_new_tokens: int = 96,
-        batch_size: int = 16,
-        do_sample: bool = False,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        seed: int = 0,
-        repetition_penalty: float = 1.15,
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
-        gguf_file: str | None = None,
-        device: str = "auto",
+        generation: GenerationSettings | Mapping[str, Any] | None = None,
+        load: LoadSettings | Mapping[str, Any] | None = None,
     ) -> None:
+        gen = settings(GenerationSettings, generation, "reasoner.generation")
+        how = settings(LoadSettings, load, "reasoner.load")
+        gguf_file, trust_remote_code, dtype = how.gguf_file, how.trust_remote_code, how.dtype
+        max_new_tokens, do_sample, temperature = gen.max_new_tokens, gen.do_sample, gen.temperature
+        top_p, seed, repetition_penalty = gen.top_p, gen.seed, gen.repetition_penalty
         d = resolve_model_dir(model_path) if gguf_file is None else Path(model_path)
         if gguf_file is not None and not (d / gguf_file).is_file():
             raise FileNotFoundError(f"GGUF file {d / gguf_file} not found")
         extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
-        dev = resolve_device(device)
+        dev = resolve_device(how.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             d, local_files_only=True, trust_remote_code=trust_remote_code, **extra
         )
@@ -146,7 +204,7 @@ class HFReasoner:
         )
         self.model = cast(PreTrainedModel, nn.Module.to(model, dev)).eval()
         self.vision = VisionAdapter(d, self.tokenizer, config) if is_vl else None
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.batch_size = max_new_tokens, gen.batch_size
         self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed
         self.repetition_penalty = repetition_penalty
         mode = f"sample-t{temperature}-p{top_p}-s{seed}" if do_sample else "greedy"

@@ -15,13 +15,50 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tte_recsys.tte.reasoner.backends import TraceRequest
+from tte_recsys.tte.reasoner.backends import TraceRequest, settings
 
-__all__ = ["OpenAIReasoner", "RequestFailed"]
+__all__ = ["ClientSettings", "CompletionSettings", "OpenAIReasoner", "RequestFailed"]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How :class:`OpenAIReasoner` talks to the server (``reasoner.client``).
+
+    Attributes:
+        api_key_env: environment variable holding the key (unset: no Authorization header).
+        concurrency: requests in flight at once.
+        timeout_s: per request.
+        max_retries: retries after the first attempt, for retryable failures.
+        backoff_s: first retry delay; doubles each retry (capped at 30 s).
+    """
+
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_retries < 0:
+            raise ValueError(
+                f"reasoner.client: concurrency={self.concurrency} must be >= 1, max_retries={self.max_retries} >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """What every request asks for (``reasoner.completion``); all of it is in the reasoner id."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = 0
+
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -42,31 +79,22 @@ class OpenAIReasoner:
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended).
         model: the served model name.
-        api_key_env: environment variable holding the key (unset: no Authorization header).
-        concurrency: requests in flight at once.
-        timeout_s: per request.
-        max_retries: retries after the first attempt, for retryable failures.
-        backoff_s: first retry delay; doubles each retry (capped at 30 s).
-        max_tokens, temperature, seed: sent with every request.
+        client: connection, concurrency and retries (:class:`ClientSettings`, or its mapping).
+        completion: max_tokens, temperature, seed sent with every request (:class:`CompletionSettings`).
     """
 
     def __init__(
         self,
         base_url: str,
         model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_retries: int = 4,
-        backoff_s: float = 0.5,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        seed: int | None = 0,
+        client: ClientSettings | Mapping[str, Any] | None = None,
+        completion: CompletionSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        if concurrency < 1 or max_retries < 0:
-            raise ValueError(
-                f"reasoner: concurrency={concurrency} must be >= 1, max_retries={max_retries} >= 0"
-            )
+        c = settings(ClientSettings, client, "reasoner.client")
+        done = settings(CompletionSettings, completion, "reasoner.completion")
+        api_key_env, concurrency, timeout_s = c.api_key_env, c.concurrency, c.timeout_s
+        max_retries, backoff_s = c.max_retries, c.backoff_s
+        max_tokens, temperature, seed = done.max_tokens, done.temperature, done.seed
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, os.environ.get(api_key_env)
         self.concurrency, self.timeout_s, self.max_retries, self.backoff_s = (

@@ -7,11 +7,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-__all__ = ["Retriever", "topk_excluding"]
+__all__ = ["ItemRetriever", "topk_excluding"]
 
 
 @runtime_checkable
-class Retriever(Protocol):
+class ItemRetriever(Protocol):
     """Anything that returns K candidate item codes for a batch of trigger item codes.
 
     ``retrieve(triggers, k)`` takes (T,) int64 codes and returns (T, k) int64 codes, best first,

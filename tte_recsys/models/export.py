@@ -32,14 +32,14 @@ from tte_recsys.artifacts import (
     write_parquet,
 )
 from tte_recsys.config import from_mapping
-from tte_recsys.models.mtmh import (
+from tte_recsys.models.content import (
+    ContentSpec,
     ContentTower,
     FrozenContent,
-    ItemFeatures,
-    ModelConfig,
-    MTMHModel,
     TrainableContent,
+    build_content_tower,
 )
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
 from tte_recsys.progress import progress
 
 __all__ = ["ExportedModel", "encode_items", "load_export", "save_export"]
@@ -55,7 +55,7 @@ def save_export(
     features: ItemFeatures,
     item_ids: Sequence[str],
     content: ContentTower | None,
-    content_spec: dict[str, Any] | None = None,
+    content_spec: ContentSpec | None = None,
     extra: dict[str, Any] | None = None,
     item_bias: np.ndarray | None = None,
 ) -> None:
@@ -63,8 +63,8 @@ def save_export(
 
     Args:
         state: the unsharded model state (from :func:`~tte_recsys.training.sharding.unsharded_state`).
-        content_spec: for a trainable tower, the ``build_embedder`` and ``add_lora`` arguments that
-            rebuild it (its weights are in ``state``).
+        content_spec: how the tower was built (:func:`~tte_recsys.models.content.build_content_tower`
+            rebuilds it from this at load time; a trainable tower's weights are in ``state``).
         extra: more manifest fields (training summary, metrics).
         item_bias: (N,) added to every candidate's score at serving (the popularity prior), or None.
     """
@@ -96,7 +96,7 @@ def save_export(
             "num_embeddings": [[f, n] for f, n in features.num_embeddings().items()],  # ordered
             "vocab": features.vocab,
             "content_dim": content.dim if content is not None else 0,
-            "content_spec": content_spec,
+            "content_spec": (content_spec or ContentSpec(cfg.content)).as_dict(),
         },
     )
     write_manifest(out, KIND, {"heads": list(cfg.heads), **(extra or {})})
@@ -142,18 +142,16 @@ def load_export(export_dir: str | Path) -> ExportedModel:
         values={f: feats[f"values/{f}"].numpy() for f in vocab},
         no_id=feats["no_id"].numpy().astype(bool) if "no_id" in feats else None,
     )
-    content: ContentTower | None = None
-    if cfg.content == "frozen":
-        content = FrozenContent(state.pop(_CONTENT_KEY))
-    elif cfg.content == "trainable":
-        from tte_recsys.tte.embedder import build_embedder
-        from tte_recsys.tte.lora import add_lora
-
-        spec = meta["content_spec"] or {}
-        emb = build_embedder(**{**spec.get("embedder", {}), "device": "cpu"})  # the model is built on CPU
-        if spec.get("lora") is not None:
-            emb = add_lora(emb, **spec["lora"])
-        content = TrainableContent(emb, items["text"].to_list())
+    # one factory for training and loading; an export's tower never recomputes in a backward
+    spec = ContentSpec.from_dict(
+        {"mode": cfg.content, **(meta["content_spec"] or {}), "checkpointing": False}
+    )
+    content = build_content_tower(
+        spec,
+        table=state.pop(_CONTENT_KEY) if spec.mode == "frozen" else None,
+        texts=items["text"].to_list() if spec.mode == "trainable" else None,
+        device="cpu",  # the model is built on CPU
+    )
     model = MTMHModel(cfg, {f: int(n) for f, n in meta["num_embeddings"]}, content, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
