@@ -19,7 +19,7 @@ from tte_recsys.config import EvalConfig, from_mapping
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.protocol import evaluate_baselines
+from tte_recsys.evaluation.protocol import evaluate_baselines_both_ways
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.retrieval import ItemRetriever
 from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
@@ -54,7 +54,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         extra["served"] = lambda: served
         log.info("served bundle %s: %s", cfg.bundle_dir, served.describe())
-    methods, selection = evaluate_baselines(split, labeler, ds.num_users, eval_cfg, extra=extra)
+    # content-only rows and the served bundle need no fit: the same retrievers in both views
+    methods, refit, selection = evaluate_baselines_both_ways(
+        split, labeler, ds.num_users, eval_cfg, extra=extra, refit_extra=extra
+    )
     report = {
         "dataset": ds.name,
         "dataset_stats": ds.stats(),
@@ -63,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "labels": dataclasses.asdict(label_cfg),
         "selection": selection,
         "methods": methods,
+        **({"methods_refit": refit} if refit is not None else {}),
     }
     table = write_report(out, report, title=f"I2I baselines: {ds.name}")
     finish_run(out, "evaluate", cfg)

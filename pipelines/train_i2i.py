@@ -4,7 +4,7 @@ Splits the log by time; gets the content vectors (the embedding job, after the r
 when one is configured); trains the MTMH model for each lambda of ``select.lams`` and the
 reference models (one head with lambda = 0; id-only); chooses lambda, the id prior, the
 popularity prior and the serving quota on the valid split; scores everything against the
-classical baselines on test. Writes ``quota_tradeoff.png``, the chosen model's unsharded export
+classical baselines on test, fit on train and (the headline) refit on train + valid. Writes ``quota_tradeoff.png``, the chosen model's unsharded export
 (``export/``), ``report.json`` and ``report.md``. The steps are :mod:`tte_recsys.experiment.i2i`.
 Runs under ``torchrun`` (pass ``hydra.run.dir``).
 """
@@ -31,10 +31,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     grid = i2i.train_grid(exp)
     choice = i2i.select(exp, grid)
     refs = i2i.train_references(exp, choice)
+    final = i2i.refit(exp, grid, choice, refs)  # None with eval.refit=false
     report: dict[str, Any] = {}
     if rank == 0:
-        scores = i2i.score(exp, grid, choice, refs)
-        title = f"lambda={choice.lam:g}, id prior {choice.shrink:g}, pop prior {choice.pop:g}"
+        scores = i2i.score(exp, grid, choice, refs, final)
+        title = f"lambda={choice.lam:g}, id prior {choice.shrink:g}, pop prior {choice.pop:g}, age prior {choice.age:g}"
         plot_tradeoff(
             out / "quota_tradeoff.png",
             scores.valid_curve,
@@ -43,8 +44,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             choice.share,
             title=f"{exp.ds.name}: MTMH quota sweep ({title})",
         )
-        i2i.export_chosen(exp, grid, choice, out / "export")
-        report = i2i.assemble_report(exp, grid, choice, refs, scores)
+        i2i.export_chosen(exp, grid, choice, out / "export", final)
+        report = i2i.assemble_report(exp, grid, choice, refs, scores, final)
         table = write_report(out, report, title=f"MTMH I2I: {exp.ds.name}")
         finish_run(out, "train_i2i", cfg)
         print(table)

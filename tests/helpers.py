@@ -92,14 +92,16 @@ def read_report(out: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((out / "report.json").read_text())
 
 
-def fresh_export_metrics(out: Path, sel: dict, env: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+def fresh_export_metrics(out: Path, sel: dict, env: dict[str, str] | None = None, refit: bool = True) -> dict:  # type: ignore[type-arg]
     """Test metrics of ``out``'s export, loaded in a fresh process without TorchRec sharding and
-    served with the run's selected quota and popularity prior."""
+    served with the run's selected quota and priors, scored in the view it was fit on (the refit
+    view, train + valid, unless ``refit`` is False)."""
     code = f"""
 import json, sys
 from tte_recsys.models.export import load_export
-from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
+from tte_recsys.serving.merge import HeadVectorsRetriever, quota_shares
 from tte_recsys.evaluation.protocol import evaluate_retriever
+from tte_recsys.experiment.i2i import prior_bias
 from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
@@ -112,10 +114,13 @@ assert not dist.is_initialized()
 ds = load_dataset(cfg.data)
 p, s, l = data_configs(cfg.data)
 split = temporal_split(ds, p, s)
-want = popularity_bias(split.item_counts, {sel["pop_prior"]!r})
+view = split.refit_view() if {refit!r} else split
+assert m.manifest["fit"] == ("train+valid" if {refit!r} else "train")
+want = prior_bias(ds, view, {sel["pop_prior"]!r}, {sel.get("age_prior", 0.0)!r})
 assert (m.item_bias is None) == (want is None) and (want is None or (m.item_bias == want).all())
 r = HeadVectorsRetriever(m.encode(), quota_shares(m.heads, {sel["share"]!r}), "x", item_bias=m.item_bias)
-print(json.dumps(evaluate_retriever(r, split.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, EvalConfig(**cfg.eval))))
+ev = EvalConfig(**{{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.eval.items()}})
+print(json.dumps(evaluate_retriever(r, view.test, RelevanceLabeler.from_dataset(ds, l), ds.num_items, ev)))
 """
     res = subprocess.run(
         [sys.executable, "-c", code],
@@ -135,19 +140,29 @@ def one_then_two_processes(args: list[str], tmp_path: Path, steps: int) -> list[
     the 1-process one and that it learns. Returns the 2-process curve."""
     finish(launch(args, tmp_path / "one", 1))
     finish(launch(args, tmp_path / "two", 2))
-    a = read_report(tmp_path / "one")["training"]["mtmh_lam1"]["loss_curve"]
-    b = read_report(tmp_path / "two")["training"]["mtmh_lam1"]["loss_curve"]
+    one, two = read_report(tmp_path / "one"), read_report(tmp_path / "two")
+    a, b = one["training"]["mtmh_lam1"]["loss_curve"], two["training"]["mtmh_lam1"]["loss_curve"]
     assert len(a) == len(b) == steps
     np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4)
     assert a[-1] < a[0]  # and it learns
+    if "refit" in one:  # the refit training, on train + valid, follows too
+        ra, rb = (r["refit"]["training"]["mtmh"]["loss_curve"] for r in (one, two))
+        assert len(ra) == len(rb) == one["refit"]["steps"]["mtmh"]
+        np.testing.assert_allclose(rb, ra, rtol=2e-3, atol=2e-4)
     return b  # type: ignore[no-any-return]
 
 
 def kill_then_resume(
-    tiny_qwen_dir: Path, tmp_path: Path, *extra: str, max_steps: int = 400, every: int = 20
+    tiny_qwen_dir: Path,
+    tmp_path: Path,
+    *extra: str,
+    max_steps: int = 400,
+    every: int = 20,
+    during: str = "mtmh_lam1",
 ) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """Reports of an uninterrupted run and of the same run killed (SIGKILL, torchrun and its worker)
-    after its third checkpoint (step 3 x ``every``), then continued with ``resume=true``."""
+    after the third checkpoint (step 3 x ``every``) of the training ``during`` (a checkpoint
+    folder under ``checkpoints/``: ``refit/mtmh`` is the refit), then continued with ``resume=true``."""
     args = tiny_args(
         tiny_qwen_dir,
         "compare.single_head=false",
@@ -160,7 +175,7 @@ def kill_then_resume(
     )
     finish(launch(args, tmp_path / "full"))
     p = launch(args, tmp_path / "killed")
-    mark = tmp_path / "killed" / "checkpoints" / "mtmh_lam1" / f"step_{3 * every:08d}" / "manifest.json"
+    mark = tmp_path / "killed" / "checkpoints" / during / f"step_{3 * every:08d}" / "manifest.json"
     deadline = time.time() + 300
     while not mark.is_file() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)

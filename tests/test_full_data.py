@@ -26,4 +26,7 @@ def test_baselines_land_near_reference(
     for name, m in report["methods"].items():
         assert low <= m["recall@50"] <= high, (name, m["recall@50"])
         assert m["cold_recall@50"] == 0.0  # no collaborative baseline can retrieve an item it never saw
+    for name, m in report["methods_refit"].items():  # refit on train + valid: more data, the same test
+        assert low <= m["recall@50"] <= 2 * high, (name, m["recall@50"])
+        assert m["cold_recall@50"] == 0.0
     assert report["split"]["test"]["triggers"] > 1000

@@ -33,6 +33,9 @@ def test_prepare_then_evaluate_from_prepared_dir(
     )
     report = evaluate.run(cfg)
     assert set(report["methods"]) == METHODS
+    # both ways: fit on train, and refit on train + valid with the lambda EASE chose on valid
+    assert set(report["methods_refit"]) == METHODS and report["methods_refit"] != report["methods"]
+    assert "Refit on train + valid" in (out / "report.md").read_text()
     assert report["dataset_stats"]["users"] == 60
     m = read_manifest(out, kind="evaluate")
     assert {"report.json", "report.md", "config.yaml"} <= set(m["files"])

@@ -23,6 +23,7 @@ from tests.helpers import (
     tiny_args,
     trainable_content_run,
 )
+from tte_recsys.evaluation.quota import choose_point
 from tte_recsys.models.export import load_export
 
 MTMH_ROW = "mtmh (K1/K={share:g}, lambda={lam:g})"
@@ -52,19 +53,50 @@ def test_tiny_run_reports_and_exports(
     ):
         assert name in methods, name
     assert sel["share"] in (1.0, 0.5, 0.0) and sel["lam"] == 1.0
-    assert sorted((p["id_prior_shrink"], p["pop_prior"], p["share"]) for p in sel["valid_points"]) == sorted(
+    first = [p for p in sel["valid_points"] if p["age_prior"] == 0.0]
+    assert sorted((p["id_prior_shrink"], p["pop_prior"], p["share"]) for p in first) == sorted(
         (1.0, w, q) for w in (0.0, 0.05) for q in (1.0, 0.5, 0.0)
     )
-    assert sel["pop_prior"] in (0.0, 0.05)
+    # the item-age prior: swept at the point the first stage chose, every share
+    best_first = choose_point(first, 10, 0.05)
+    aged = [p for p in sel["valid_points"] if p["age_prior"] > 0]
+    assert {(p["pop_prior"], p["share"], p["age_prior"]) for p in aged} == {
+        (best_first["pop_prior"], q, 0.01) for q in (1.0, 0.5, 0.0)
+    }
+    assert sel["pop_prior"] in (0.0, 0.05) and sel["age_prior"] in (0.0, 0.01)
     assert sel["id_prior"]["shrink"] == 1.0 and sel["id_prior"]["cold_items"] > 0
     assert all(np.isfinite(report["training"]["mtmh_lam1"]["loss_curve"]))
     assert (out / "quota_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
 
-    # The export, loaded in a fresh process without TorchRec sharding, reproduces the trained
-    # model's test metrics exactly (they were computed from the in-memory vectors).
+    # Final scoring: every method refit on train + valid, the same rows, the headline of report.md
+    refit = report["methods_refit"]
+    assert set(refit) == set(methods)
+    same = [k for k in methods["content"] if not k.startswith("cold")]  # cold flags follow the fit
+    assert {k: refit["content"][k] for k in same} == {
+        k: methods["content"][k] for k in same
+    }  # nothing to fit
+    assert report["refit"]["steps"].keys() == {"mtmh", "single_head_lam0", "id_only"}
+    assert report["split"]["test"]["positives"] == report["refit"]["split"]["test"]["positives"]
+    assert report["refit"]["split"]["test"]["cold_positives"] <= report["split"]["test"]["cold_positives"]
+    assert "Refit on train + valid" in (out / "report.md").read_text()
+
+    # The export is the refit model: loaded in a fresh process without TorchRec sharding, it
+    # reproduces its report row exactly (computed from the in-memory vectors).
     fresh = fresh_export_metrics(out, sel)
-    for key, value in methods[row].items():
+    for key, value in refit[row].items():
+        assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+
+
+def test_without_refit_the_export_is_the_train_only_model(
+    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    args = tiny_args(tiny_qwen_dir, "eval.refit=false", "compare.single_head=false", "compare.id_only=false")
+    report = train_i2i.run(compose_cfg("train_i2i", args))
+    assert "methods_refit" not in report and "refit" not in report
+    sel = report["selection"]["mtmh"]
+    fresh = fresh_export_metrics(tmp_path / "out", sel, refit=False)
+    for key, value in report["methods"][MTMH_ROW.format(**sel)].items():
         assert fresh[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
 
 
@@ -98,9 +130,25 @@ def test_two_processes_follow_one_with_trainable_content(tiny_qwen_dir: Path, tm
 @pytest.mark.slow
 def test_kill_then_resume_matches_uninterrupted(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     full, resumed = kill_then_resume(tiny_qwen_dir, tmp_path)
-    assert resumed["methods"] == full["methods"]
+    assert resumed["methods"] == full["methods"] and resumed["methods_refit"] == full["methods_refit"]
     np.testing.assert_allclose(
         resumed["training"]["mtmh_lam1"]["loss_curve"], full["training"]["mtmh_lam1"]["loss_curve"], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_kill_during_the_refit_then_resume(tiny_qwen_dir: Path, tmp_path: Path) -> None:
+    """Killed in the refit training (train + valid), resumed: the refit picks up its checkpoint
+    and every row, train-only and refit, equals the uninterrupted run's."""
+    full, resumed = kill_then_resume(
+        tiny_qwen_dir, tmp_path, "trainer.max_steps=60", every=4, during="refit/mtmh"
+    )
+    assert full["refit"]["steps"]["mtmh"] > 12  # killed after step 12 of the refit
+    assert resumed["methods"] == full["methods"] and resumed["methods_refit"] == full["methods_refit"]
+    np.testing.assert_allclose(
+        resumed["refit"]["training"]["mtmh"]["loss_curve"],
+        full["refit"]["training"]["mtmh"]["loss_curve"],
+        rtol=1e-6,
     )
 
 

@@ -121,6 +121,9 @@ class EvalConfig:
         ease_max_items: EASE on at most this many of the most engaged train items (its dense
             inverse needs 8 N^2 bytes); None: all.
         batch_size: triggers scored per batch (bounds memory: batch x catalog floats).
+        refit: final scoring (DESIGN.md): after every choice is made on valid with models fit on
+            train, refit every method on train + valid and score test with it (the headline rows);
+            the train-only test rows are reported beside them. False: train-only rows alone.
     """
 
     ks: tuple[int, ...] = (10, 50, 100)
@@ -128,6 +131,7 @@ class EvalConfig:
     ease_lambdas: tuple[float, ...] = (20.0, 100.0, 500.0, 2000.0, 10000.0)
     ease_max_items: int | None = 20_000
     batch_size: int = 1024
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if not self.ks or any(k <= 0 for k in self.ks):

@@ -4,7 +4,9 @@ Cut-offs are the ``valid_quantile`` and ``test_quantile`` quantiles of all inter
 timestamps: period 0 (train) is ``t <= c_valid``, 1 (valid) ``c_valid < t <= c_test``, 2 (test)
 after. A pair belongs to the period of its later interaction. The positives of an evaluation
 period are the (trigger, target) pairs *first seen* in it whose trigger has train interactions;
-a target with no train interactions is *cold*. Models and baselines train on period 0 only.
+a target with no train interactions is *cold*. Models and baselines are chosen fitting period 0
+and scoring valid; :meth:`TemporalSplit.refit_view` is the second training view, periods 0 and 1,
+that the final models are refit on before scoring test (DESIGN.md, "Selection and final scoring").
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from tte_recsys.config import PairConfig, SplitConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.pairs import directed_pairs, mine_pairs
 
-__all__ = ["TRAIN", "EvalSet", "TemporalSplit", "popularity_basis", "popularity_counts", "temporal_split"]
+__all__ = [
+    "TRAIN",
+    "EvalSet",
+    "TemporalSplit",
+    "item_age_days",
+    "popularity_basis",
+    "popularity_counts",
+    "temporal_split",
+]
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -49,6 +59,10 @@ class EvalSet:
         indptr = np.append(starts, len(src)).astype(np.int64)
         return cls(triggers=triggers, indptr=indptr, targets=dst, cold_items=cold_items)
 
+    def with_cold(self, cold_items: np.ndarray) -> EvalSet:
+        """The same positives, cold flags from another fit's data (``cold_items`` over item codes)."""
+        return dataclasses.replace(self, cold_items=cold_items)
+
     @property
     def cold(self) -> np.ndarray:
         """(P,) True where the positive's target has no train interactions."""
@@ -72,10 +86,13 @@ class TemporalSplit:
 
     Attributes:
         cutoffs: (c_valid, c_test) timestamps.
-        train: train-period interactions (codes included).
-        train_pairs: train-period pairs, both directions for symmetric mining: ``src, dst, count``.
-        item_counts: (N,) train interactions per item code.
-        valid, test: held-out positives.
+        train: the fit's interactions (codes included): the train period here, train + valid in
+            the refit view.
+        train_pairs: the fit's pairs, both directions for symmetric mining: ``src, dst, count``.
+        item_counts: (N,) the fit's interactions per item code.
+        valid, test: held-out positives (the refit view's valid is empty: it is fit on).
+        refit_data: (interactions, pairs) of train + valid, for :meth:`refit_view`; None in the
+            refit view itself.
     """
 
     cutoffs: tuple[int, int]
@@ -84,6 +101,34 @@ class TemporalSplit:
     item_counts: np.ndarray
     valid: EvalSet
     test: EvalSet
+    refit_data: tuple[pl.DataFrame, pl.DataFrame] | None = None
+
+    @property
+    def fit_end(self) -> int:
+        """The last timestamp of the data this view fits on (the scoring time of its models)."""
+        return self.cutoffs[0] if self.refit_data is not None else self.cutoffs[1]
+
+    def refit_view(self) -> TemporalSplit:
+        """The split as the final models see it: fit on train + valid (no test interaction), score
+        the same test positives, cold = no interactions before test. Its valid set is empty."""
+        if self.refit_data is None:
+            raise ValueError("this is already the refit view (train + valid)")
+        interactions, pairs = self.refit_data
+        counts = np.bincount(interactions["item_idx"].to_numpy(), minlength=len(self.item_counts)).astype(
+            np.int64
+        )
+        cold = counts == 0
+        empty = EvalSet.from_pairs(
+            pl.DataFrame({"src": [], "dst": []}, schema={"src": pl.Int64, "dst": pl.Int64}), cold
+        )
+        return TemporalSplit(
+            cutoffs=self.cutoffs,
+            train=interactions,
+            train_pairs=pairs,
+            item_counts=counts,
+            valid=empty,
+            test=self.test.with_cold(cold),
+        )
 
     def require_usable(self, dataset: str) -> None:
         """Raise, naming what is missing, when a model could not be trained, chosen or scored."""
@@ -131,10 +176,22 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
 
     pairs = directed_pairs(pairs, pairs_cfg.symmetric)
     train_pairs = pairs.filter(pl.col("period") == TRAIN).select("src", "dst", "count")
+    # The refit view's pairs: every pair whose later interaction is before test, each counted over
+    # both periods (a pair mined in train and again in valid counts both times).
+    refit_log = ds.interactions.filter(pl.col("timestamp") <= c_test)
+    refit_pairs = (
+        pairs.filter(pl.col("period") <= VALID)
+        .group_by("src", "dst")
+        .agg(pl.col("count").sum())
+        .sort("src", "dst")
+    )
     if pairs_cfg.train_window is not None and pairs_cfg.train_window != pairs_cfg.window:
         # Train pairs lie within the train period, so mining the train log alone finds them all.
         wide = dataclasses.replace(pairs_cfg, window=pairs_cfg.train_window)
         train_pairs = directed_pairs(mine_pairs(train, wide), wide.symmetric).select("src", "dst", "count")
+        refit_pairs = directed_pairs(mine_pairs(refit_log, wide), wide.symmetric).select(
+            "src", "dst", "count"
+        )
     first_period = pairs.group_by("src", "dst").agg(pl.col("period").min())
     evalsets = []
     for period in (VALID, TEST):
@@ -148,6 +205,7 @@ def temporal_split(ds: Dataset, pairs_cfg: PairConfig, split_cfg: SplitConfig) -
         item_counts=item_counts,
         valid=evalsets[0],
         test=evalsets[1],
+        refit_data=(refit_log, refit_pairs.select("src", "dst", "count")),
     )
 
 
@@ -177,10 +235,26 @@ def popularity_counts(ds: Dataset, split: TemporalSplit, prior_span: float = 0.1
         return counts
     if not prior_span > 0:
         raise ValueError(f"prior_span={prior_span}: expected > 0 (a share of the train span)")
-    start, end = int(split.train["timestamp"].min()), split.cutoffs[0]  # type: ignore[arg-type]
+    start, end = int(split.train["timestamp"].min()), split.fit_end  # type: ignore[arg-type]
     span = float(max(end - start, 1))
     listed = ds.items["available_from"].fill_null(start).to_numpy().astype(np.float64)
     shelf = np.clip(end - np.maximum(listed, start), 0.0, span)
     mean_rate = counts.sum() / max(shelf.sum(), 1.0)
     b = prior_span * span
     return (counts + mean_rate * b) / (shelf + b) * span
+
+
+def item_age_days(ds: Dataset, split: TemporalSplit) -> np.ndarray:
+    """(N,) each item's age in days at the view's scoring time (:attr:`TemporalSplit.fit_end`):
+    since its listing (the catalog's ``available_from`` where given) or else its first
+    interaction in the data the view fits on. An item with neither is new: age 0."""
+    end = split.fit_end
+    first = np.full(len(split.item_counts), end, dtype=np.float64)
+    if split.train.height:
+        seen = split.train.group_by("item_idx").agg(pl.col("timestamp").min())
+        first[seen["item_idx"].to_numpy()] = seen["timestamp"].to_numpy()
+    if "available_from" in ds.items.columns:
+        listed = ds.items["available_from"].to_numpy()
+        given = ~np.isnan(listed.astype(np.float64))
+        first[given] = listed[given]
+    return np.clip(end - first, 0.0, None) / 86_400.0

@@ -16,7 +16,13 @@ from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall
 from tte_recsys.progress import progress
 from tte_recsys.retrieval import ItemRetriever
 
-__all__ = ["Metrics", "evaluate_baselines", "evaluate_retriever", "retrieve_all"]
+__all__ = [
+    "Metrics",
+    "evaluate_baselines",
+    "evaluate_baselines_both_ways",
+    "evaluate_retriever",
+    "retrieve_all",
+]
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
@@ -66,11 +72,14 @@ def evaluate_baselines(
     num_users: int,
     cfg: EvalConfig,
     extra: dict[str, Callable[[], ItemRetriever]] | None = None,
+    ease_lambda: float | None = None,
 ) -> tuple[dict[str, Metrics], dict[str, object]]:
-    """Fit every classical baseline on the train period; choose EASE's lambda on valid; score on test.
+    """Fit every classical baseline on the split's fit data (train; train + valid in its refit
+    view); choose EASE's lambda on valid, or take ``ease_lambda`` (chosen there before); score on test.
 
     Args:
         extra: more retrievers to include, by name (built lazily).
+        ease_lambda: EASE's lambda, already chosen on valid (the refit view has no valid to choose on).
 
     Returns:
         (test metrics per method, selection record: the lambda grid with valid recall and the choice).
@@ -83,7 +92,9 @@ def evaluate_baselines(
 
     grid: dict[str, float] = {}
     best: tuple[float, EASE] | None = None
-    for lam in progress(cfg.ease_lambdas, desc="EASE lambda on valid", leave=False):
+    if ease_lambda is not None:
+        best = (math.nan, EASE(split, num_users, ease_lambda, cfg.ease_max_items))
+    for lam in progress(cfg.ease_lambdas if best is None else (), desc="EASE lambda on valid", leave=False):
         model = EASE(split, num_users, lam, cfg.ease_max_items)
         v = score(model, split.valid)[key]
         grid[str(lam)] = v
@@ -102,7 +113,29 @@ def evaluate_baselines(
     results = {
         name: score(make(), split.test) for name, make in progress(makers.items(), desc="baselines on test")
     }
+    ease = best[1]
     selection: dict[str, object] = {
-        "ease": {"valid_" + key: grid, "lambda": best[1].lam, "items": len(best[1].active)}
+        "ease": {"valid_" + key: grid, "lambda": ease.lam, "items": len(ease.active)}
     }
     return results, selection
+
+
+def evaluate_baselines_both_ways(
+    split: TemporalSplit,
+    labeler: RelevanceLabeler,
+    num_users: int,
+    cfg: EvalConfig,
+    extra: dict[str, Callable[[], ItemRetriever]] | None = None,
+    refit_extra: dict[str, Callable[[], ItemRetriever]] | None = None,
+) -> tuple[dict[str, Metrics], dict[str, Metrics] | None, dict[str, object]]:
+    """The baselines fit on train (EASE lambda chosen on valid) and, with ``cfg.refit``, refit on
+    train + valid with that lambda; both scored on the same test positives. Returns (train-only
+    rows, refit rows or None, selection). ``refit_extra``: the refit view's own extra rows."""
+    methods, selection = evaluate_baselines(split, labeler, num_users, cfg, extra=extra)
+    if not cfg.refit:
+        return methods, None, selection
+    lam = float(selection["ease"]["lambda"])  # type: ignore[index]
+    refit, _ = evaluate_baselines(
+        split.refit_view(), labeler, num_users, cfg, extra=refit_extra, ease_lambda=lam
+    )
+    return methods, refit, selection

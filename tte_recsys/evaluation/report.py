@@ -60,6 +60,18 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
             if "labels" in report
             else []
         ),
+        *(
+            [
+                "**Refit on train + valid** (the headline: every method refit with its valid-chosen "
+                "settings on all data before test, then scored on test; cold = no interactions before test):",
+                "",
+                markdown_table(report["methods_refit"], cols),
+                "**Fit on train only** (the same choices and test positives; cold = no train interactions):",
+                "",
+            ]
+            if report.get("methods_refit")
+            else []
+        ),
         markdown_table(report["methods"], cols),
     ]
     text = "\n".join(md)

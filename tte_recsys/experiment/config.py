@@ -26,6 +26,8 @@ class SelectConfig:
         lams: lambda, the relevance distillation weight: one MTMH training each.
         id_prior_shrinks: id prior pseudo-counts tried after training (0: off).
         pop_priors: popularity prior weights w (``w log(1 + n)`` added to scores; 0: off).
+        age_priors: item-age prior weights w (``-w log(1 + age in days)`` added to scores: newer
+            items first; 0: off). Chosen after the others, at their chosen point (all shares).
         shares: K1/K, the co-engagement head's share of the merged top-K.
         recall_tolerance: admissible points have valid recall >= (1 - tol) x the best; among
             them the highest valid SemRel wins.
@@ -34,11 +36,18 @@ class SelectConfig:
     lams: tuple[float, ...] = (0.5, 1.0, 2.0)
     id_prior_shrinks: tuple[float, ...] = (0.0, 0.1, 1.0)
     pop_priors: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3)
+    age_priors: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03)
     shares: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
     recall_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("lams", "id_prior_shrinks", "pop_priors", "shares"):  # 1 and 1.0 name one point
+        for name in (
+            "lams",
+            "id_prior_shrinks",
+            "pop_priors",
+            "age_priors",
+            "shares",
+        ):  # 1 and 1.0 name one point
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
         if not self.lams or any(lam < 0 for lam in self.lams):
             raise ValueError(f"select.lams={list(self.lams)}: expected a non-empty list of lambdas >= 0")
@@ -47,6 +56,10 @@ class SelectConfig:
         if not self.pop_priors or any(x < 0 for x in self.pop_priors):
             raise ValueError(
                 f"select.pop_priors={list(self.pop_priors)}: expected a non-empty list of weights >= 0 (0: off)"
+            )
+        if not self.age_priors or any(x < 0 for x in self.age_priors):
+            raise ValueError(
+                f"select.age_priors={list(self.age_priors)}: expected a non-empty list of weights >= 0 (0: off)"
             )
         if not self.shares or any(not 0.0 <= s <= 1.0 for s in self.shares):
             raise ValueError(

@@ -3,12 +3,16 @@
 1. :func:`prepare`: split the log by time, get the content vectors (after the reasoner's traces
    when one is configured), build the labels, the item features and the content tower.
 2. :func:`train_grid`: the MTMH model for each lambda of ``select.lams``.
-3. :func:`select`: lambda, id prior, popularity prior and serving quota, jointly on valid.
+3. :func:`select`: lambda, id prior, popularity prior and serving quota, jointly on valid; then
+   the item-age prior at that point (all shares again).
 4. :func:`train_references`: the one-head model (lambda = 0) and the id-only model.
-5. :func:`score`: every method and the classical baselines on test, and the quota curves.
-6. :func:`export_chosen` and :func:`assemble_report`: the served model and ``report.json``.
+5. :func:`refit`: the chosen model and the references refit on train + valid with the valid
+   choices, each for as many epochs as it trained to its best valid step (DESIGN.md, final scoring).
+6. :func:`score`: every method and the classical baselines on test, train-only and refit, and the
+   quota curves.
+7. :func:`export_chosen` and :func:`assemble_report`: the served (refit) model and ``report.json``.
 
-Every rank calls 1-4 (training is collective); 5-6 run on rank 0.
+Every rank calls 1-5 (training is collective); 6-7 run on rank 0.
 """
 
 from __future__ import annotations
@@ -29,19 +33,26 @@ from tte_recsys import distributed
 from tte_recsys.config import LabelConfig, PairConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
-from tte_recsys.data.split import TemporalSplit, popularity_basis, popularity_counts, temporal_split
+from tte_recsys.data.split import (
+    TemporalSplit,
+    item_age_days,
+    popularity_basis,
+    popularity_counts,
+    temporal_split,
+)
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.protocol import evaluate_baselines, evaluate_retriever
+from tte_recsys.evaluation.protocol import Metrics, evaluate_baselines, evaluate_retriever
 from tte_recsys.evaluation.quota import choose_point
 from tte_recsys.experiment.config import I2IConfig
 from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config, uses_reasoner
 from tte_recsys.experiment.trainer import TrainContext, Trained, VariantTrainer
+from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.content import ContentSpec, ContentTower, FrozenContent, build_content_tower
 from tte_recsys.models.export import save_export
-from tte_recsys.models.mtmh import ItemFeatures
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig
 from tte_recsys.retrieval import ItemRetriever
 from tte_recsys.runs import data_configs, load_dataset
-from tte_recsys.serving.merge import HeadVectorsRetriever, popularity_bias, quota_shares
+from tte_recsys.serving.merge import HeadVectorsRetriever, age_bias, popularity_bias, quota_shares, sum_biases
 from tte_recsys.tte.items import embedding_text, item_inputs
 from tte_recsys.tte.reasoner.generate import load_trace_texts
 from tte_recsys.vectors import load_vectors
@@ -50,11 +61,15 @@ __all__ = [
     "Choice",
     "Grid",
     "I2IRun",
+    "Refit",
     "Scores",
     "assemble_report",
     "export_chosen",
     "prepare",
+    "prior_bias",
     "quota_sweep",
+    "refit",
+    "refit_steps",
     "score",
     "select",
     "train_grid",
@@ -78,7 +93,7 @@ class I2IRun:
     content: ContentTower | None
     content_spec: ContentSpec
     content_folder: str | None  # the frozen mode's vectors / the content-only baseline's
-    biases: dict[float, np.ndarray | None]  # popularity prior per grid weight
+    biases: dict[float, np.ndarray | None]  # popularity prior per grid weight (train view)
     trainer: VariantTrainer
     out: Path
     rank: int = 0
@@ -105,6 +120,27 @@ class Choice:
     shrink: float
     pop: float
     share: float
+    age: float = 0.0
+
+
+@dataclass
+class Refit:
+    """The chosen model and the references refit on train + valid (:func:`refit`)."""
+
+    split: TemporalSplit  # the refit view
+    features: ItemFeatures
+    models: dict[str, Trained]  # "mtmh" and the references' names
+    steps: dict[str, int]  # each model's refit training length
+    bias: np.ndarray | None  # the chosen priors, from the refit view's counts and ages
+
+
+def prior_bias(ds: Dataset, split: TemporalSplit, pop: float, age: float) -> np.ndarray | None:
+    """The per-item score bias of the popularity and item-age priors, from ``split``'s fit data
+    (its counts per :func:`popularity_counts`, its ages at :attr:`TemporalSplit.fit_end`)."""
+    return sum_biases(
+        popularity_bias(popularity_counts(ds, split), pop) if pop else None,
+        age_bias(item_age_days(ds, split), age) if age else None,
+    )
 
 
 @dataclass
@@ -115,6 +151,8 @@ class Scores:
     selection: dict[str, Any]
     test_curve: list[dict[str, Any]]
     valid_curve: list[dict[str, Any]]
+    methods_refit: dict[str, Metrics] | None = None  # the headline rows, when refit
+    test_curve_refit: list[dict[str, Any]] | None = None
 
 
 def _traces(cfg: DictConfig, out: Path) -> str | None:
@@ -278,35 +316,105 @@ def train_grid(run: I2IRun) -> Grid:
 
 
 def select(run: I2IRun, grid: Grid) -> Choice:
-    """The valid operating point (rank 0 chooses; every rank gets it)."""
-    k = run.cfg.eval.select_k
-    choice = choose_point(grid.candidates, k, run.cfg.select.recall_tolerance) if run.rank == 0 else {}
-    keys = ("lam", "id_prior_shrink", "pop_prior", "share")
+    """The valid operating point (rank 0 chooses; every rank gets it). Lambda, id prior, popularity
+    prior and share jointly; then, where ``select.age_priors`` holds weights > 0, the item-age
+    prior at the chosen (lambda, id prior, popularity prior), every share swept again, chosen by
+    the same rule among these points and all the first stage's (which carry age 0)."""
+    k, tol = run.cfg.eval.select_k, run.cfg.select.recall_tolerance
+    keys = ("lam", "id_prior_shrink", "pop_prior", "share", "age_prior")
+    choice: dict[str, Any] = {}
+    if run.rank == 0:
+        for c in grid.candidates:
+            c.setdefault("age_prior", 0.0)
+        choice = choose_point(grid.candidates, k, tol)
+        ages = [a for a in run.cfg.select.age_priors if a > 0]
+        if ages:
+            var = grid.trained[choice["lam"]].variants[choice["id_prior_shrink"]]
+            train_ages = item_age_days(run.ds, run.split)
+            for a in ages:
+                bias = sum_biases(run.biases[choice["pop_prior"]], age_bias(train_ages, a))
+                for p in quota_sweep(run, var.vecs, run.split.valid, bias):
+                    grid.candidates.append(
+                        {
+                            "lam": choice["lam"],
+                            "id_prior_shrink": choice["id_prior_shrink"],
+                            "pop_prior": choice["pop_prior"],
+                            **p,
+                            "age_prior": a,
+                        }
+                    )
+            choice = choose_point(grid.candidates, k, tol)
     values = distributed.all_gather_objects([choice.get(key, 0.0) for key in keys])[0]
-    lam, shrink, pop, share = (float(x) for x in values)
-    return Choice(lam, shrink, pop, share)
+    lam, shrink, pop, share, age = (float(x) for x in values)
+    return Choice(lam, shrink, pop, share, age)
 
 
 def train_references(run: I2IRun, choice: Choice) -> dict[str, Trained]:
     """The reference models of ``compare``, under the chosen id prior."""
+    prior = dataclasses.replace(run.cfg.priors()[0], shrink=choice.shrink)
+    return {
+        name: run.trainer.train(name, model_cfg, loss_cfg, content, [prior])
+        for name, model_cfg, loss_cfg, content in _reference_specs(run, choice)
+    }
+
+
+def _reference_specs(
+    run: I2IRun, choice: Choice
+) -> list[tuple[str, ModelConfig, LossConfig, ContentTower | None]]:
+    """(name, model, loss, content tower) of each reference model ``compare`` asks for."""
     cfg = run.cfg
-    prior = dataclasses.replace(cfg.priors()[0], shrink=choice.shrink)
-    refs: dict[str, Trained] = {}
+    specs: list[tuple[str, ModelConfig, LossConfig, ContentTower | None]] = []
     if cfg.compare.single_head:
         sc = dataclasses.replace(cfg.model, heads=(cfg.model.heads[0],))
-        lc = dataclasses.replace(cfg.loss, lam=0.0, alpha=0.0)
-        refs["single_head_lam0"] = run.trainer.train("single_head_lam0", sc, lc, run.content, [prior])
+        specs.append(("single_head_lam0", sc, dataclasses.replace(cfg.loss, lam=0.0, alpha=0.0), run.content))
     if cfg.compare.id_only and cfg.model.content != "none":
         ic = dataclasses.replace(cfg.model, content="none")
-        lc = dataclasses.replace(cfg.loss, lam=choice.lam)
-        refs["id_only"] = run.trainer.train("id_only", ic, lc, None, [prior])
-    return refs
+        specs.append(("id_only", ic, dataclasses.replace(cfg.loss, lam=choice.lam), None))
+    return specs
 
 
-def score(run: I2IRun, grid: Grid, choice: Choice, refs: dict[str, Trained]) -> Scores:
-    """(rank 0) Every method on test against the classical baselines; the chosen model's quota curves."""
-    best = grid.trained[choice.lam].variants[choice.shrink]
-    bias = run.biases[choice.pop]
+def refit_steps(best_step: int, train_pairs: int, refit_pairs: int) -> int:
+    """The refit's training length: as many epochs as the train-only model trained to its best
+    valid step (early stopping's answer), over the larger train + valid pairs."""
+    return max(1, round(best_step * refit_pairs / max(train_pairs, 1)))
+
+
+def refit(run: I2IRun, grid: Grid, choice: Choice, refs: dict[str, Trained]) -> Refit | None:
+    """The chosen MTMH model and the references refit on train + valid with every valid choice
+    (``eval.refit``; None when off). No validation (valid is in the fit); each model trains
+    :func:`refit_steps` steps, checkpointing into ``checkpoints/refit`` (``resume`` continues)."""
+    cfg = run.cfg
+    if not cfg.eval.refit:
+        return None
+    view = run.split.refit_view()
+    features = ItemFeatures.from_items(run.ds.items, cfg.model.features, cfg.model.no_id(view.item_counts))
+    prior = dataclasses.replace(cfg.priors()[0], shrink=choice.shrink)
+    ctx = dataclasses.replace(
+        run.trainer.ctx, split=view, features=features, ckpt_root=run.out / "checkpoints" / "refit"
+    )
+    trainer = VariantTrainer(ctx)
+    models: dict[str, Trained] = {}
+    steps: dict[str, int] = {}
+    specs = [("mtmh", cfg.model, dataclasses.replace(cfg.loss, lam=choice.lam), run.content)]
+    specs += _reference_specs(run, choice)
+    for name, model_cfg, loss_cfg, content in specs:
+        done = grid.trained[choice.lam] if name == "mtmh" else refs[name]
+        steps[name] = refit_steps(done.result.best_step, len(run.trainer.src), len(trainer.src))
+        tc = dataclasses.replace(cfg.trainer, max_steps=steps[name], eval_every=0)
+        trainer.ctx = dataclasses.replace(ctx, trainer=tc)
+        models[name] = trainer.train(name, model_cfg, loss_cfg, content, [prior])
+    return Refit(view, features, models, steps, prior_bias(run.ds, view, choice.pop, choice.age))
+
+
+def _rows(
+    run: I2IRun,
+    vecs: dict[str, dict[str, np.ndarray]],
+    refs: dict[str, ModelConfig],
+    choice: Choice,
+    bias: np.ndarray | None,
+) -> dict[str, Callable[[], ItemRetriever]]:
+    """The retrievers of one view's rows: content-only, MTMH at the chosen point and each head
+    alone, each reference (``vecs``: name -> head -> vectors, "mtmh" included)."""
     extra: dict[str, Callable[[], ItemRetriever]] = {}
     if isinstance(run.content, FrozenContent):
         extra["content"] = partial(ContentCosine, run.content.table.numpy())
@@ -315,36 +423,64 @@ def score(run: I2IRun, grid: Grid, choice: Choice, refs: dict[str, Trained]) -> 
         extra["content"] = partial(ContentCosine, start)
     heads = run.heads
     extra[f"mtmh (K1/K={choice.share:g}, lambda={choice.lam:g})"] = partial(
-        HeadVectorsRetriever, best.vecs, quota_shares(heads, choice.share), "mtmh", bias
+        HeadVectorsRetriever, vecs["mtmh"], quota_shares(heads, choice.share), "mtmh", bias
     )
     for h in heads:
-        extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, best.vecs, {h: 1.0}, h, bias)
-    for name, ref in refs.items():
+        extra[f"mtmh:{h} only"] = partial(HeadVectorsRetriever, vecs["mtmh"], {h: 1.0}, h, bias)
+    for name, model_cfg in refs.items():
         extra[name] = partial(
-            HeadVectorsRetriever,
-            ref.variants[choice.shrink].vecs,
-            quota_shares(list(ref.model_cfg.heads), choice.share),
-            name,
-            bias,
+            HeadVectorsRetriever, vecs[name], quota_shares(list(model_cfg.heads), choice.share), name, bias
         )
+    return extra
+
+
+def score(
+    run: I2IRun, grid: Grid, choice: Choice, refs: dict[str, Trained], refit_run: Refit | None = None
+) -> Scores:
+    """(rank 0) Every method on test against the classical baselines, fit on train and (with a
+    refit) refit on train + valid; the chosen model's quota curves."""
+    best = grid.trained[choice.lam].variants[choice.shrink]
+    bias = prior_bias(run.ds, run.split, choice.pop, choice.age)
+    ref_cfgs = {name: ref.model_cfg for name, ref in refs.items()}
+    vecs = {"mtmh": best.vecs, **{name: ref.variants[choice.shrink].vecs for name, ref in refs.items()}}
     methods, selection = evaluate_baselines(
-        run.split, run.labeler, run.ds.num_users, run.cfg.eval, extra=extra
+        run.split, run.labeler, run.ds.num_users, run.cfg.eval, extra=_rows(run, vecs, ref_cfgs, choice, bias)
     )
     test_curve = quota_sweep(run, best.vecs, run.split.test, bias)
-    chosen = (choice.lam, choice.shrink, choice.pop)
-    valid_curve = [c for c in grid.candidates if (c["lam"], c["id_prior_shrink"], c["pop_prior"]) == chosen]
-    return Scores(methods, selection, test_curve, valid_curve)
+    chosen = (choice.lam, choice.shrink, choice.pop, choice.age)
+    valid_curve = [
+        c
+        for c in grid.candidates
+        if (c["lam"], c["id_prior_shrink"], c["pop_prior"], c["age_prior"]) == chosen
+    ]
+    scores = Scores(methods, selection, test_curve, valid_curve)
+    if refit_run is not None:
+        rvecs = {name: t.variants[choice.shrink].vecs for name, t in refit_run.models.items()}
+        lam = float(selection["ease"]["lambda"])  # type: ignore[index]
+        scores.methods_refit, _ = evaluate_baselines(
+            refit_run.split,
+            run.labeler,
+            run.ds.num_users,
+            run.cfg.eval,
+            extra=_rows(run, rvecs, ref_cfgs, choice, refit_run.bias),
+            ease_lambda=lam,
+        )
+        scores.test_curve_refit = quota_sweep(run, rvecs["mtmh"], refit_run.split.test, refit_run.bias)
+    return scores
 
 
-def export_chosen(run: I2IRun, grid: Grid, choice: Choice, out_dir: Path) -> None:
-    """(rank 0) The chosen model's unsharded export, with its popularity prior as the serving bias."""
-    tr = grid.trained[choice.lam]
+def export_chosen(
+    run: I2IRun, grid: Grid, choice: Choice, out_dir: Path, refit_run: Refit | None = None
+) -> None:
+    """(rank 0) The served model's unsharded export (the refit one when there is a refit), with
+    its priors as the serving bias."""
+    tr = refit_run.models["mtmh"] if refit_run is not None else grid.trained[choice.lam]
     best = tr.variants[choice.shrink]
     save_export(
         out_dir,
         best.state,
         run.cfg.model,
-        run.features,
+        refit_run.features if refit_run is not None else run.features,
         run.ds.items["item_id"].to_list(),
         run.content,
         run.content_spec,
@@ -354,19 +490,61 @@ def export_chosen(run: I2IRun, grid: Grid, choice: Choice, out_dir: Path) -> Non
             "share": choice.share,
             "id_prior": best.prior,
             "pop_prior": choice.pop,
-            "best_step": tr.result.best_step,
+            "age_prior": choice.age,
+            "fit": "train+valid" if refit_run is not None else "train",
+            "best_step": grid.trained[choice.lam].result.best_step,
+            "trained_steps": tr.result.best_step,
         },
-        run.biases[choice.pop],
+        refit_run.bias if refit_run is not None else prior_bias(run.ds, run.split, choice.pop, choice.age),
     )
 
 
+def _training(t: Trained) -> dict[str, Any]:
+    r = t.result
+    return {
+        "best_step": r.best_step,
+        "best_valid": r.best_score,
+        "steps_per_sec": r.steps_per_sec,
+        "device": r.device,
+        "plan": r.plan,
+        "stopped_early": r.stopped_early,
+        "valid": r.valid,
+        "final_loss": r.losses[-1] if r.losses else None,
+        "loss_curve": [x["loss"] for x in r.losses],
+    }
+
+
 def assemble_report(
-    run: I2IRun, grid: Grid, choice: Choice, refs: dict[str, Trained], scores: Scores
+    run: I2IRun,
+    grid: Grid,
+    choice: Choice,
+    refs: dict[str, Trained],
+    scores: Scores,
+    refit_run: Refit | None = None,
 ) -> dict[str, Any]:
-    """``report.json``'s content (schema: docs/design.md, "The I2I report")."""
+    """``report.json``'s content (schema: docs/design.md, "The I2I report"). ``methods`` are the
+    train-only test rows; ``methods_refit`` (with a refit) the headline rows."""
     cfg, k = run.cfg, run.cfg.eval.select_k
     best = grid.trained[choice.lam].variants[choice.shrink]
     models = {**{f"mtmh_lam{lam:g}": t for lam, t in grid.trained.items()}, **refs}
+    refit_part: dict[str, Any] = {}
+    if refit_run is not None and scores.methods_refit is not None:
+        refit_part = {
+            "refit": {
+                "fit": "train + valid",
+                "split": {
+                    "train_interactions": refit_run.split.train.height,
+                    "train_pairs": refit_run.split.train_pairs.height,
+                    "test": refit_run.split.test.stats(),
+                },
+                "steps": refit_run.steps,
+                "rule": "refit steps = best valid step x refit pairs per epoch / train pairs per epoch (same epochs)",
+                "training": {name: _training(t) for name, t in refit_run.models.items()},
+                "id_prior": refit_run.models["mtmh"].variants[choice.shrink].prior,
+            },
+            "quota_test_curve_refit": scores.test_curve_refit,
+            "methods_refit": scores.methods_refit,
+        }
     return {
         "dataset": run.ds.name,
         "dataset_stats": run.ds.stats(),
@@ -385,26 +563,15 @@ def assemble_report(
                 "share": choice.share,
                 "id_prior": best.prior,
                 "pop_prior": choice.pop,
+                "age_prior": choice.age,
                 "pop_counts": popularity_basis(run.ds),
                 "rule": f"valid recall@{k} within {cfg.select.recall_tolerance} of best, then max valid semrel@{k}",
                 "valid_points": grid.candidates,
             },
         },
-        "training": {
-            name: {
-                "best_step": r.best_step,
-                "best_valid": r.best_score,
-                "steps_per_sec": r.steps_per_sec,
-                "device": r.device,
-                "plan": r.plan,
-                "stopped_early": r.stopped_early,
-                "valid": r.valid,
-                "final_loss": r.losses[-1] if r.losses else None,
-                "loss_curve": [x["loss"] for x in r.losses],
-            }
-            for name, r in ((n, t.result) for n, t in models.items())
-        },
+        "training": {name: _training(t) for name, t in models.items()},
         "quota_test_curve": scores.test_curve,
         "methods": scores.methods,
+        **refit_part,
         "world_size": run.world,
     }

@@ -18,7 +18,14 @@ import numpy as np
 
 from tte_recsys.retrieval import topk_excluding
 
-__all__ = ["HeadVectorsRetriever", "merge_by_quota", "popularity_bias", "quota_shares"]
+__all__ = [
+    "HeadVectorsRetriever",
+    "age_bias",
+    "merge_by_quota",
+    "popularity_bias",
+    "quota_shares",
+    "sum_biases",
+]
 
 
 def quota_shares(heads: Sequence[str], first_share: float) -> dict[str, float]:
@@ -47,6 +54,27 @@ def popularity_bias(train_counts: np.ndarray, weight: float) -> np.ndarray | Non
     if weight == 0:
         return None
     return (weight * np.log1p(np.asarray(train_counts, dtype=np.float64))).astype(np.float32)
+
+
+def age_bias(age_days: np.ndarray, weight: float) -> np.ndarray | None:
+    """The item-age prior: ``-weight * log(1 + age in days)`` per item, so newer items score higher
+    (a freshness prior; :func:`tte_recsys.data.split.item_age_days`). None for weight 0."""
+    if weight < 0:
+        raise ValueError(f"item-age prior weight {weight}: expected >= 0")
+    if weight == 0:
+        return None
+    return (-weight * np.log1p(np.asarray(age_days, dtype=np.float64))).astype(np.float32)
+
+
+def sum_biases(*biases: np.ndarray | None) -> np.ndarray | None:
+    """The per-item score bias of several priors (None where all are off)."""
+    present = [b for b in biases if b is not None]
+    if not present:
+        return None
+    total = present[0].astype(np.float32)
+    for b in present[1:]:
+        total = total + b
+    return total
 
 
 def merge_by_quota(
