@@ -49,8 +49,8 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
         "",
         "Test split. recall = mean over triggers of held-out co-engaged targets found in the top-K; "
         "semrel = mean graded relevance label of the top-K; coverage = share of the catalog retrieved; "
-        "cold_recall = recall on targets with no train interactions; cold_share = share of the "
-        "retrieved slots that hold such items.",
+        "cold_recall = recall on targets the scored model never saw (no interactions in the data it was fit "
+        "on); cold_share = share of the retrieved slots that hold such items.",
         "",
         *(
             [

@@ -143,11 +143,14 @@ class VariantTrainer:
             if eval_model is not None and res.best_state is not None
             else {}
         )
-        log.info(
-            "%s: best valid %.4f at step %d, %.1f steps/s",
-            name,
-            res.best_score,
-            res.best_step,
-            res.steps_per_sec,
-        )
+        if res.valid:
+            log.info(
+                "%s: best valid %.4f at step %d, %.1f steps/s",
+                name,
+                res.best_score,
+                res.best_step,
+                res.steps_per_sec,
+            )
+        else:  # no validation (a refit): trained to its step budget
+            log.info("%s: trained %d steps, %.1f steps/s", name, res.best_step, res.steps_per_sec)
         return Trained(res, variants, model_cfg)
