@@ -301,7 +301,7 @@ def quota_sweep(
 
 def train_grid(run: I2IRun) -> Grid:
     """The MTMH model per lambda, and (rank 0) the valid point of every (lambda, id prior,
-    popularity prior, share) combination."""
+    popularity prior, share) combination (age prior 0: :func:`select` adds the aged points)."""
     priors = run.cfg.priors()
     trained: dict[float, Trained] = {}
     candidates: list[dict[str, Any]] = []
@@ -311,7 +311,9 @@ def train_grid(run: I2IRun) -> Grid:
         for shrink, var in trained[lam].variants.items():
             for pop, bias in run.biases.items():
                 for p in quota_sweep(run, var.vecs, run.split.valid, bias):
-                    candidates.append({"lam": lam, "id_prior_shrink": shrink, "pop_prior": pop, **p})
+                    candidates.append(
+                        {"lam": lam, "id_prior_shrink": shrink, "pop_prior": pop, **p, "age_prior": 0.0}
+                    )
     return Grid(trained, candidates)
 
 
@@ -324,8 +326,6 @@ def select(run: I2IRun, grid: Grid) -> Choice:
     keys = ("lam", "id_prior_shrink", "pop_prior", "share", "age_prior")
     choice: dict[str, Any] = {}
     if run.rank == 0:
-        for c in grid.candidates:
-            c.setdefault("age_prior", 0.0)
         choice = choose_point(grid.candidates, k, tol)
         ages = [a for a in run.cfg.select.age_priors if a > 0]
         if ages:
