@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("tte_recsys.models",)),
     ("training", ("tte_recsys.training",)),
     ("evaluation | serving", ("tte_recsys.evaluation", "tte_recsys.serving")),
+    ("reasoner_training", ("tte_recsys.reasoner_training",)),
     ("experiment", ("tte_recsys.experiment",)),
     ("pipelines", ("pipelines",)),
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.tte.reasoner.prompts import render_fields
 
-__all__ = ["ItemInput", "embedding_text", "item_inputs"]
+__all__ = ["ItemInput", "embedding_text", "item_inputs", "with_trace"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ def item_inputs(ds: Dataset, content_fields: Sequence[str]) -> list[ItemInput]:
     ]
 
 
+def with_trace(text: str, trace: str | None = None) -> str:
+    """The embedder's input for ``text``: the text, then the reasoning trace when there is one."""
+    return text + (f"\nreasoning: {trace}" if trace else "")
+
+
 def embedding_text(item: ItemInput, trace: str | None = None) -> str:
-    """The embedder's input: the item's fields, then the reasoning trace when there is one."""
-    return item.text + (f"\nreasoning: {trace}" if trace else "")
+    """The embedder's input for an item: its fields, then the reasoning trace when there is one."""
+    return with_trace(item.text, trace)

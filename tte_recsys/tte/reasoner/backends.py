@@ -7,6 +7,8 @@ Chosen by Hydra ``_target_`` (``configs/reasoner/*.yaml``): ``NoReasoner``, ``HF
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,18 @@ class LoadSettings:
     trust_remote_code: bool = False
 
 
+def _weights_tag(d: Path) -> str:
+    """``@<sha256 prefix of the weights>`` for a folder with a tte_recsys manifest (a trained
+    reasoner's export: two trainings' folders share a name, never a trace-cache key); else ``""``
+    (a plain model folder keeps its name-based id)."""
+    m = d / "manifest.json"
+    if not m.is_file():
+        return ""
+    files = json.loads(m.read_text(encoding="utf-8")).get("files", {})
+    shas = [v["sha256"] for k, v in sorted(files.items()) if k.endswith(".safetensors")]
+    return "@" + hashlib.sha256("|".join(shas).encode()).hexdigest()[:12] if shas else ""
+
+
 class HFReasoner:
     """A local transformers causal LM or vision-language model: batched, left-padded ``generate``.
 
@@ -209,7 +223,7 @@ class HFReasoner:
         self.repetition_penalty = repetition_penalty
         mode = f"sample-t{temperature}-p{top_p}-s{seed}" if do_sample else "greedy"
         mode += f"-rp{repetition_penalty}"
-        self.reasoner_id = f"hf:{d.name}:{max_new_tokens}:{mode}"
+        self.reasoner_id = f"hf:{d.name}{_weights_tag(d)}:{max_new_tokens}:{mode}"
         self.calls = 0
 
     def _inputs(self, r: TraceRequest) -> tuple[list[int], ImageInputs | None]:

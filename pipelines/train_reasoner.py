@@ -1,0 +1,36 @@
+"""Reasoner training: ``python -m pipelines.train_reasoner method=sft|eg_rl|restrain|unified_head``.
+
+Trains the reasoner so that its traces help the embedder retrieve (docs/design.md, "Reasoner
+training"), writes ``report.json`` / ``report.md`` with reward and KL curves (``curves.png``), and
+exports the trained reasoner to ``<run>/export/`` (``reasoner=hf reasoner.model_path=<run>/export``).
+``resume=true output_dir=<run>`` continues a killed run from its last checkpoint. ``score=true``
+then generates the catalog's traces with the export and scores content-only retrieval on valid and test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from tte_recsys import distributed
+from tte_recsys.experiment.reasoner import train_reasoner
+from tte_recsys.runs import output_dir
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    return train_reasoner(cfg, output_dir(cfg))
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train_reasoner")
+def main(cfg: DictConfig) -> None:
+    try:
+        r = run(cfg)
+        print({k: r[k] for k in ("method", "pairs", "heldout_reward", "unified", "retrieval") if k in r})
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The policy (the reasoner being trained): settings, loading, sampling, progress, export.
+
+One sampler (:func:`sample`) serves every place that needs rollouts outside TRL's loop: the
+best-of-N self-distillation of SFT, RESTRAIN's prompt weights from the frozen starting policy,
+and the held-out reward the reports track. The export (:func:`export_reasoner`) is a plain model
+folder (merged weights in safetensors, tokenizer, chat template, manifest) that
+``reasoner=hf reasoner.model_path=<folder>`` loads.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from peft import LoraConfig, PeftModel
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from tte_recsys.artifacts import write_manifest
+from tte_recsys.progress import progress
+from tte_recsys.tte.lora import LoraSettings
+from tte_recsys.tte.models import resolve_model_dir
+
+__all__ = [
+    "CurveCallback",
+    "PolicySettings",
+    "export_reasoner",
+    "load_policy",
+    "lora_config",
+    "sample",
+]
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How the reasoner trains (``train.*``); GRPO fields are ignored by SFT and the reverse.
+
+    Attributes:
+        steps: optimizer steps.
+        learning_rate: AdamW's (LoRA adapters, or every weight with ``lora=false``).
+        lora: train LoRA adapters (the ``lora`` group) instead of every weight.
+        num_generations: G, rollouts per prompt (>= 2: group advantages need a group).
+        pairs_per_step: training pairs per step; EG-RL generates for both sides of each, so a
+            step has 2 x pairs_per_step x G completions (RESTRAIN: pairs_per_step x G).
+        max_completion_length: tokens per rollout.
+        min_completion_length: tokens a rollout must write before it may stop (0: none). The
+            label-free objective is satisfied by an empty trace (perfectly consistent); this rules it out.
+        temperature, top_p, repetition_penalty: of the rollouts.
+        beta: KL coefficient to the starting policy (with LoRA, the base with adapters off).
+        epsilon: PPO clip.
+        loss_type, scale_rewards: TRL's (``dapo``, ``group``).
+        ckpt_every: steps between checkpoints (``resume=true`` continues from the last).
+        sft_batch_size, sft_epochs: SFT's batch and passes over its traces.
+        seed: of sampling, data order and initialisation.
+    """
+
+    steps: int = 60
+    learning_rate: float = 2e-5
+    lora: bool = True
+    num_generations: int = 4
+    pairs_per_step: int = 4
+    max_completion_length: int = 48
+    min_completion_length: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    beta: float = 0.01
+    epsilon: float = 0.2
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    ckpt_every: int = 20
+    sft_batch_size: int = 8
+    sft_epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(
+                f"train.num_generations={self.num_generations}: GRPO needs a group of >= 2 rollouts per prompt"
+            )
+        if self.steps < 1 or self.pairs_per_step < 1 or self.max_completion_length < 1:
+            raise ValueError(
+                f"train: steps={self.steps}, pairs_per_step={self.pairs_per_step} and "
+                f"max_completion_length={self.max_completion_length} must be >= 1"
+            )
+        if not self.learning_rate > 0 or self.ckpt_every < 1:
+            raise ValueError(
+                f"train: learning_rate={self.learning_rate} > 0 and ckpt_every={self.ckpt_every} >= 1"
+            )
+
+
+def load_policy(
+    model_path: str, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A local causal LM (fp32: training on the CPU) and its tokenizer (left padding, a pad token).
+
+    Raises:
+        FileNotFoundError: the folder is missing or holds no model (from ``resolve_model_dir``).
+    """
+    d = resolve_model_dir(model_path)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"reasoner folder {d} has no config.json: not a model folder (incomplete?)")
+    tok = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(f"reasoner folder {d}: the tokenizer has no chat template (the prompts are chats)")
+    model = AutoModelForCausalLM.from_pretrained(
+        d, local_files_only=True, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    return cast(PreTrainedModel, model), tok
+
+
+def lora_config(s: LoraSettings) -> LoraConfig:
+    """PEFT LoRA on every linear layer of the reasoner (TRL's ``peft_config``)."""
+    return LoraConfig(
+        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+
+
+@torch.inference_mode()
+def sample(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[list[dict[str, str]]],
+    n: int,
+    s: PolicySettings,
+    seed: int = 0,
+    batch_size: int = 16,
+    show_progress: bool = False,
+    greedy: bool = False,
+) -> list[list[str]]:
+    """``n`` sampled completions (decoded text) per chat prompt, with the rollout settings of ``s``;
+    reproducible for a seed (each batch reseeds). ``greedy``: one greedy completion each (n = 1)."""
+    if greedy:
+        n = 1
+    was_training = model.training
+    model.eval()
+    ids = [
+        list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
+        for p in prompts
+    ]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[str]] = [[] for _ in prompts]
+    per = max(1, batch_size // n)
+    device = next(model.parameters()).device
+    for start in progress(range(0, len(order), per), desc="sample", disable=not show_progress):
+        rows = order[start : start + per]
+        enc = tok.pad({"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt")
+        torch.manual_seed(seed + start)
+        gen = cast(Any, model).generate(
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            top_k=None,
+            repetition_penalty=s.repetition_penalty,
+            max_new_tokens=s.max_completion_length,
+            min_new_tokens=s.min_completion_length or None,
+            num_return_sequences=n,
+            pad_token_id=tok.pad_token_id,
+        )
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for j, i in enumerate(rows):
+            out[i] = texts[j * n : (j + 1) * n]
+    model.train(was_training)
+    return out
+
+
+class CurveCallback(TrainerCallback):
+    """A progress bar with reward, KL and loss, and the logged curves (one dict per logged step)."""
+
+    KEYS = ("reward", "kl", "loss", "rewards/outcome/mean", "rewards/format/mean", "entropy")
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.history: list[dict[str, float]] = []
+        self.bar: Any = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        self.bar = progress(total=state.max_steps, initial=state.global_step, desc=self.desc)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **_: Any,
+    ) -> None:
+        if not logs or "train_runtime" in logs:
+            return
+        row = {"step": float(state.global_step)}
+        row.update({k: float(logs[k]) for k in self.KEYS if k in logs and math.isfinite(float(logs[k]))})
+        self.history.append(row)
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("reward", "kl", "loss")})
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def export_reasoner(
+    model: nn.Module, tok: PreTrainedTokenizerBase, out_dir: Path, extra: dict[str, Any]
+) -> Path:
+    """Write the trained reasoner to ``out_dir`` (merged weights in safetensors, tokenizer with its
+    chat template, manifest last), built in a temporary folder and renamed into place.
+    Returns ``out_dir``."""
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        cast(PreTrainedModel, merged).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, "train_reasoner", extra)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

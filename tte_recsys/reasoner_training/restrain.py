@@ -1,0 +1,173 @@
+"""RESTRAIN without labels: answer weights, negative self-penalisation, prompt weights.
+
+For a prompt x with n rollouts, each rollout's answer is the catalog item its trace-conditioned
+embedding retrieves at top 1 (the trigger excluded). With the answers' vote counts c_j and
+shares f_j = c_j / n (``docs/notes/reasoner_training.md``):
+
+* ``g(p) = exp(-(p - center)^2 / (2 sigma^2))``; answer weights ``w_j = g(f_j) / sum_l g(f_l)``;
+* every answer is a pseudo-label: rewards ``r_ij = 1[ans_i = a_j]``, group advantages ``A_ij``;
+* if the majority count ``M(x) = max_j c_j`` is below ``kappa``, the rewards become 0 and every
+  advantage ``A_ij - delta`` (the prompt gives only negative updates);
+* the prompt weight ``u_x = g(c_ref / n)`` comes from n rollouts of the frozen starting policy,
+  once, before training;
+* on-policy the loss ``u_x * sum_j w_j L_GRPO(x, a_j)`` equals GRPO's with the effective
+  advantage ``A_i = u_x * sum_j w_j A~_ij``, which :class:`RestrainTrainer` puts in place of
+  TRL's. The KL term is not scaled by ``u_x`` (the notes leave it open; this keeps TRL's loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+
+from tte_recsys import distributed
+from tte_recsys.reasoner_training.rewards import EmbedderReward, completion_text, group_advantages
+
+__all__ = [
+    "RestrainAnswers",
+    "RestrainSettings",
+    "RestrainTrainer",
+    "answer_weights",
+    "gaussian",
+    "majority_count",
+    "prompt_weight",
+    "restrain_advantages",
+]
+
+
+@dataclass(frozen=True)
+class RestrainSettings:
+    """RESTRAIN's hyperparameters (``restrain.*``); no source gives defaults (chosen on valid,
+    docs/results.md has the sensitivity).
+
+    Attributes:
+        center, sigma: the Gaussian over vote shares (the notes' k and sigma).
+        kappa: the majority count below which a prompt is penalised.
+        delta: the offset subtracted from a penalised prompt's advantages.
+        scale_rewards: divide group advantages by the group std (TRL's ``scale_rewards=group``).
+    """
+
+    center: float = 1.0
+    sigma: float = 0.5
+    kappa: int = 2
+    delta: float = 0.2
+    scale_rewards: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0 or self.kappa < 1 or self.delta < 0:
+            raise ValueError(
+                f"restrain: sigma={self.sigma} must be > 0, kappa={self.kappa} >= 1, delta={self.delta} >= 0"
+            )
+
+
+def gaussian(p: float | np.ndarray, center: float, sigma: float) -> float | np.ndarray:
+    """``exp(-(p - center)^2 / (2 sigma^2))``."""
+    return np.exp(-((np.asarray(p) - center) ** 2) / (2 * sigma**2))
+
+
+def answer_weights(answers: Sequence[str], center: float, sigma: float) -> dict[str, float]:
+    """Each distinct answer's weight ``g(f_j) / sum_l g(f_l)`` (f_j: its share of the rollouts)."""
+    n = len(answers)
+    counts = Counter(answers)
+    g = {a: float(gaussian(c / n, center, sigma)) for a, c in counts.items()}
+    total = sum(g.values())
+    return {a: v / total for a, v in g.items()}
+
+
+def majority_count(answers: Sequence[str]) -> int:
+    """``M(x)``: the vote count of the most frequent answer."""
+    return max(Counter(answers).values())
+
+
+def prompt_weight(ref_answers: Sequence[str], center: float, sigma: float) -> float:
+    """``u_x = g(c_ref / n)`` from the starting policy's n rollouts' answers."""
+    return float(gaussian(majority_count(ref_answers) / len(ref_answers), center, sigma))
+
+
+def restrain_advantages(answers: Sequence[str], u: float, s: RestrainSettings) -> torch.Tensor:
+    """(n,) effective advantages ``u * sum_j w_j A~_ij`` of one prompt's n rollouts."""
+    n = len(answers)
+    if majority_count(answers) < s.kappa:  # rewards become 0: every A~_ij = 0 - delta, and sum_j w_j = 1
+        return torch.full((n,), -s.delta * u)
+    out = torch.zeros(n)
+    for a, w in answer_weights(answers, s.center, s.sigma).items():
+        r = torch.tensor([1.0 if x == a else 0.0 for x in answers])
+        out += w * group_advantages(r, n, s.scale_rewards)
+    return u * out
+
+
+class RestrainAnswers:
+    """TRL reward function of RESTRAIN: each rollout's answer (the catalog item its embedding
+    retrieves at top 1, its own item excluded), kept for :class:`RestrainTrainer`. It returns
+    each rollout's agreement with its group's majority (1 or 0), which is logged as the reward;
+    the advantages are RESTRAIN's, not GRPO's of this number."""
+
+    __name__ = "consistency"
+
+    def __init__(
+        self, reward: EmbedderReward, catalog: np.ndarray, catalog_ids: Sequence[str], group: int
+    ) -> None:
+        self.reward, self.group = reward, group
+        self.catalog = torch.from_numpy(np.ascontiguousarray(catalog, dtype=np.float32))  # (N, D)
+        self.code = {i: c for c, i in enumerate(catalog_ids)}
+        self.ids = list(catalog_ids)
+        self.last_answers: list[str] = []
+
+    def answers(self, texts: Sequence[str], raws: Sequence[str], item_ids: Sequence[str]) -> list[str]:
+        q = torch.from_numpy(self.reward.embed(texts, raws))  # (R, D)
+        scores = q @ self.catalog.T  # (R, N)
+        own = torch.tensor([self.code.get(i, -1) for i in item_ids])
+        rows = torch.nonzero(own >= 0).squeeze(1)
+        scores[rows, own[rows]] = -math.inf
+        return [self.ids[int(j)] for j in scores.argmax(1)]
+
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], text: list[str], item_id: list[str], **_: Any
+    ) -> list[float]:
+        local = list(zip(text, [completion_text(c) for c in completions], item_id, strict=True))
+        parts = distributed.all_gather_objects(local)
+        rank = torch.distributed.get_rank() if len(parts) > 1 else 0
+        rows = [row for p in parts for row in p]
+        t, r, i = (list(c) for c in zip(*rows, strict=True))
+        self.last_answers = self.answers(t, r, i)
+        agree = []
+        for start in range(0, len(rows), self.group):
+            g = self.last_answers[start : start + self.group]
+            top = Counter(g).most_common(1)[0][0]
+            agree += [1.0 if a == top else 0.0 for a in g]
+        begin = sum(len(p) for p in parts[:rank])
+        return agree[begin : begin + len(local)]
+
+
+class RestrainTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose advantages are RESTRAIN's (:func:`restrain_advantages`), from the
+    answers :class:`RestrainAnswers` found and the dataset's ``prompt_weight`` column."""
+
+    def __init__(self, *args: Any, answers: RestrainAnswers, restrain: RestrainSettings, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.answer_fn, self.restrain = answers, restrain
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super()._generate_and_score_completions(inputs)
+        weights = [float(x["prompt_weight"]) for x in inputs]
+        parts = distributed.all_gather_objects(weights)
+        rank = torch.distributed.get_rank() if len(parts) > 1 else 0
+        u = [w for p in parts for w in p]
+        answers, g = self.answer_fn.last_answers, self.answer_fn.group
+        if len(answers) != len(u):
+            raise RuntimeError(f"RESTRAIN: {len(answers)} answers for {len(u)} rollouts")
+        adv = torch.cat(
+            [restrain_advantages(answers[s : s + g], u[s], self.restrain) for s in range(0, len(answers), g)]
+        )
+        begin = sum(len(p) for p in parts[:rank])
+        local = adv[begin : begin + len(inputs)]
+        self._metrics["train"]["restrain/advantage_mean"].append(float(local.mean()))
+        out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
+        return out
