@@ -10,6 +10,7 @@ import torch
 from tte_recsys.reasoner_training.restrain import (
     RestrainSettings,
     answer_weights,
+    drop_hubs,
     gaussian,
     majority_count,
     prompt_weight,
@@ -129,3 +130,10 @@ def test_settings_are_checked() -> None:
         RewardSettings(accuracy="median")
     with pytest.raises(ValueError, match="sigma"):
         RestrainSettings(sigma=0.0)
+
+
+def test_restrain_hub_guard() -> None:
+    # 'a' is the answer of 3 of 4 prompts (> 0.5): no answer, each occurrence unique; 'd' stays
+    answers = ["a", "a", "a", "b", "a", "c", "d", "d"]
+    assert drop_hubs(answers, 2, 0.5) == ["<hub 0>", "<hub 1>", "<hub 2>", "b", "<hub 4>", "c", "d", "d"]
+    assert drop_hubs(answers, 2, 1.0) == answers

@@ -80,7 +80,8 @@ def test_restrain_without_labels_raises_the_labelled_reward(
 ) -> None:
     reasoner, embedder = toy_models
     task = toy_task(16, seed)
-    s = PolicySettings(steps=60, seed=seed, **{**SETTINGS, "pairs_per_step": 8})  # type: ignore[arg-type]
+    # a trace must be written (an empty one is perfectly consistent); the hub guard is on (default)
+    s = PolicySettings(steps=60, seed=seed, **{**SETTINGS, "pairs_per_step": 8, "min_completion_length": 4})  # type: ignore[arg-type]
     rst = RestrainSettings()
     reward = _reward(embedder)
     policy, tok = load_policy(str(reasoner))
@@ -136,8 +137,8 @@ def test_sft_best_of_n_raises_the_trace_likelihood(toy_models: tuple[Path, Path]
     task = toy_task(16, 0)
     s = PolicySettings(
         steps=30,
-        learning_rate=5e-3,
-        lora=True,
+        learning_rate=1e-2,
+        lora=False,
         num_generations=4,
         pairs_per_step=4,
         max_completion_length=4,

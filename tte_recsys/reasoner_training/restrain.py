@@ -35,6 +35,7 @@ __all__ = [
     "RestrainSettings",
     "RestrainTrainer",
     "answer_weights",
+    "drop_hubs",
     "gaussian",
     "majority_count",
     "prompt_weight",
@@ -52,6 +53,10 @@ class RestrainSettings:
         kappa: the majority count below which a prompt is penalised.
         delta: the offset subtracted from a penalised prompt's advantages.
         scale_rewards: divide group advantages by the group std (TRL's ``scale_rewards=group``).
+        max_prompt_share: the hub guard (ours, not the paper's): an item that is the answer of
+            more than this share of a batch's prompts is no answer (1: off). Without it a trace
+            that sends every query to one hub item is perfectly consistent, and the label-free
+            objective collapses onto it (seen on the toy task: every trace became one filler word).
     """
 
     center: float = 1.0
@@ -59,12 +64,15 @@ class RestrainSettings:
     kappa: int = 2
     delta: float = 0.2
     scale_rewards: bool = True
+    max_prompt_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.sigma > 0 or self.kappa < 1 or self.delta < 0:
             raise ValueError(
                 f"restrain: sigma={self.sigma} must be > 0, kappa={self.kappa} >= 1, delta={self.delta} >= 0"
             )
+        if not 0 < self.max_prompt_share <= 1:
+            raise ValueError(f"restrain.max_prompt_share={self.max_prompt_share}: expected 0 < share <= 1")
 
 
 def gaussian(p: float | np.ndarray, center: float, sigma: float) -> float | np.ndarray:
@@ -89,6 +97,17 @@ def majority_count(answers: Sequence[str]) -> int:
 def prompt_weight(ref_answers: Sequence[str], center: float, sigma: float) -> float:
     """``u_x = g(c_ref / n)`` from the starting policy's n rollouts' answers."""
     return float(gaussian(majority_count(ref_answers) / len(ref_answers), center, sigma))
+
+
+def drop_hubs(answers: Sequence[str], group: int, max_prompt_share: float) -> list[str]:
+    """``answers`` (consecutive groups of ``group`` rollouts, one group per prompt) with every
+    answer given by more than ``max_prompt_share`` of the prompts replaced by a unique
+    placeholder (so it agrees with nothing); unchanged with ``max_prompt_share=1``."""
+    groups = [answers[s : s + group] for s in range(0, len(answers), group)]
+    prompts_of: Counter[str] = Counter(a for g in groups for a in set(g))
+    limit = max_prompt_share * len(groups)
+    hubs = {a for a, c in prompts_of.items() if c > limit and c > 1}
+    return [f"<hub {i}>" if a in hubs else a for i, a in enumerate(answers)]
 
 
 def restrain_advantages(answers: Sequence[str], u: float, s: RestrainSettings) -> torch.Tensor:
@@ -160,7 +179,11 @@ class RestrainTrainer(GRPOTrainer):
         parts = distributed.all_gather_objects(weights)
         rank = torch.distributed.get_rank() if len(parts) > 1 else 0
         u = [w for p in parts for w in p]
-        answers, g = self.answer_fn.last_answers, self.answer_fn.group
+        g = self.answer_fn.group
+        answers = drop_hubs(self.answer_fn.last_answers, g, self.restrain.max_prompt_share)
+        self._metrics["train"]["restrain/hub_share"].append(
+            sum(a.startswith("<hub ") for a in answers) / max(1, len(answers))
+        )
         if len(answers) != len(u):
             raise RuntimeError(f"RESTRAIN: {len(answers)} answers for {len(u)} rollouts")
         adv = torch.cat(

@@ -25,7 +25,10 @@ from tte_recsys.tte.tiny import CHAT_TEMPLATE
 __all__ = ["CATEGORIES", "ToyTask", "build_toy_models", "toy_task"]
 
 CATEGORIES = ["red", "blue", "green", "gold"]
-_FILLER = ["lamp", "desk", "pen", "cup", "box", "tape", "clip", "pad", "ink", "tray", "fan", "mat"]
+_FILLER = (
+    "lamp desk pen cup box tape clip pad ink tray fan mat bag bin card case "
+    "chalk cord disk file folder glue hook jar key label lens map mug note pin plug"
+).split()  # two per item, never shared: only category words pull items together
 _WORDS = ["system", "user", "assistant", "item", "title:", "reasoning:", "<think>", "</think>"]
 _SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 
@@ -62,7 +65,8 @@ def _llama(
     model = LlamaForCausalLM(cfg)
     if bag_of_words:
         # The embedder: its blocks add nothing (zero output projections), so mean pooling is the
-        # mean of the token embeddings; category words weigh 3x. Cosine ~ shared words, by construction.
+        # mean of the token embeddings; category words weigh 3x, template words (chat roles,
+        # title:, tags) are zero. Cosine ~ shared content words, by construction.
         with torch.no_grad():
             for layer in model.model.layers:
                 layer.self_attn.o_proj.weight.zero_()
@@ -71,6 +75,8 @@ def _llama(
             emb.normal_(0.0, 1.0)
             for w in CATEGORIES:
                 emb[tok.convert_tokens_to_ids(w)] *= 3.0
+            for w in _SPECIALS + _WORDS:  # template words carry no content: zero, so they change no cosine
+                emb[tok.convert_tokens_to_ids(w)] = 0.0
     model.save_pretrained(out)
     tok.save_pretrained(out)
     # the model type would load a BPE Qwen2 tokenizer: keep the word-level one this folder holds
@@ -93,11 +99,14 @@ class ToyTask:
     """The toy catalog: ``items`` (id, title, category) and same-category ``pairs``."""
 
     def __init__(self, n_items: int, seed: int) -> None:
+        if not 2 <= n_items <= len(_FILLER) // 2:
+            raise ValueError(f"toy task: n_items={n_items}, expected 2..{len(_FILLER) // 2}")
         rng = np.random.default_rng(seed)
+        words = rng.permutation(_FILLER)
         rows = []
         for i in range(n_items):
             cat = CATEGORIES[i % len(CATEGORIES)]
-            a, b = rng.choice(_FILLER, size=2, replace=False)
+            a, b = words[2 * i], words[2 * i + 1]
             rows.append({"item_id": f"toy{i}", "title": f"{a} {b} {cat}", "category": cat})
         self.items = pl.DataFrame(rows)
 
