@@ -25,10 +25,40 @@ from tte_recsys.tte.tiny import CHAT_TEMPLATE
 __all__ = ["CATEGORIES", "ToyTask", "build_toy_models", "toy_task"]
 
 CATEGORIES = ["red", "blue", "green", "gold"]
-_FILLER = (
-    "lamp desk pen cup box tape clip pad ink tray fan mat bag bin card case "
-    "chalk cord disk file folder glue hook jar key label lens map mug note pin plug"
-).split()  # two per item, never shared: only category words pull items together
+_FILLER = [
+    "lamp",
+    "desk",
+    "pen",
+    "cup",
+    "box",
+    "tape",
+    "clip",
+    "pad",
+    "ink",
+    "tray",
+    "fan",
+    "mat",
+    "bag",
+    "bin",
+    "card",
+    "case",
+    "chalk",
+    "cord",
+    "disk",
+    "file",
+    "folder",
+    "glue",
+    "hook",
+    "jar",
+    "key",
+    "label",
+    "lens",
+    "map",
+    "mug",
+    "note",
+    "pin",
+    "plug",
+]  # two per item, never shared: only category words pull items together
 _WORDS = ["system", "user", "assistant", "item", "title:", "reasoning:", "<think>", "</think>"]
 _SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 
