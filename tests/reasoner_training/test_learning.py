@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tte_recsys.reasoner_training.grpo import eg_rl_rows, restrain_rows, train_grpo
-from tte_recsys.reasoner_training.policy import PolicySettings, load_policy, sample
-from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, prompt_weight
+from tte_recsys.reasoner_training.policy import PolicySettings, load_policy
+from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, starting_prompt_weights
 from tte_recsys.reasoner_training.rewards import EmbedderReward, RewardSettings
 from tte_recsys.reasoner_training.sft import SftSettings, best_of_n_traces, sft_rows, train_sft
 from tte_recsys.reasoner_training.tasks import TrainingPair
@@ -89,15 +89,7 @@ def test_restrain_without_labels_raises_the_labelled_reward(
     vecs = reward.embedder.encode([x.text for x in catalog])
     answers = RestrainAnswers(reward, vecs, [x.id for x in catalog], s.num_generations)
     queries = [TrainingPair(x, None) for x in catalog]  # every item, no partner: no labels
-    ref = sample(
-        policy, tok, [TEMPLATE.messages(q.query.text) for q in queries], s.num_generations, s, seed=seed
-    )
-    weights = [
-        prompt_weight(
-            answers.answers([q.query.text] * len(r), r, [q.query.id] * len(r)), rst.center, rst.sigma
-        )
-        for q, r in zip(queries, ref, strict=True)
-    ]
+    weights = starting_prompt_weights(policy, tok, queries, TEMPLATE, answers, s, rst)
     held = task.pairs(16, seed + 100)
     start = _mean_reward(policy, tok, held, reward, s)
     model, _ = train_grpo(

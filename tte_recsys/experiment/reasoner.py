@@ -28,7 +28,7 @@ from tte_recsys.evaluation.protocol import evaluate_retriever
 from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config
 from tte_recsys.reasoner_training.grpo import eg_rl_rows, restrain_rows, train_grpo
 from tte_recsys.reasoner_training.policy import PolicySettings, export_reasoner, load_policy, sample
-from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, prompt_weight
+from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, starting_prompt_weights
 from tte_recsys.reasoner_training.rewards import EmbedderReward, RewardSettings
 from tte_recsys.reasoner_training.sft import SftSettings, best_of_n_traces, teacher_traces, train_sft
 from tte_recsys.reasoner_training.tasks import Side, TrainingPair, i2i_pairs, table_pairs, unlabeled_queries
@@ -224,19 +224,10 @@ def train_reasoner(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
     elif method == "restrain":
         rst = from_mapping(RestrainSettings, cfg.restrain, "restrain")
-        queries = unlabeled_queries(
-            [ItemInput(x.id, {"text": x.text}) for x in data.catalog], int(cfg.max_queries), seed
-        )
-        queries = [TrainingPair(Side(q.query.id, q.query.text), None) for q in queries]
+        queries = unlabeled_queries(data.catalog, int(cfg.max_queries), seed)
         cat_vecs = embedder.encode([x.text for x in data.catalog], batch_size=int(cfg.embedder.batch_size))
         answers = RestrainAnswers(reward, cat_vecs, [x.id for x in data.catalog], s.num_generations)
-        ref = sample(
-            policy, tok, [template.messages(q.query.text) for q in queries], s.num_generations, s, seed=seed
-        )
-        weights = []
-        for q, traces in zip(queries, ref, strict=True):
-            a = answers.answers([q.query.text] * len(traces), traces, [q.query.id] * len(traces))
-            weights.append(prompt_weight(a, rst.center, rst.sigma))
+        weights = starting_prompt_weights(policy, tok, queries, template, answers, s, rst)
         report["prompt_weights"] = {"mean": float(np.mean(weights)), "min": float(np.min(weights))}
         model, history = train_grpo(
             "restrain",

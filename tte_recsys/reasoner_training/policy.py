@@ -10,8 +10,6 @@ folder (merged weights in safetensors, tokenizer, chat template, manifest) that
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from tte_recsys.artifacts import write_manifest
+from tte_recsys.artifacts import atomic_dir, write_manifest
 from tte_recsys.progress import progress
 from tte_recsys.tte.lora import LoraSettings
 from tte_recsys.tte.models import resolve_model_dir
@@ -235,16 +233,8 @@ def export_reasoner(
     chat template, manifest last), built in a temporary folder and renamed into place.
     Returns ``out_dir``."""
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         cast(PreTrainedModel, merged).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_manifest(tmp, "train_reasoner", extra)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir

@@ -40,6 +40,7 @@ __all__ = [
     "majority_count",
     "prompt_weight",
     "restrain_advantages",
+    "starting_prompt_weights",
 ]
 
 
@@ -163,6 +164,27 @@ class RestrainAnswers:
             agree += [1.0 if a == top else 0.0 for a in g]
         begin = sum(len(p) for p in parts[:rank])
         return agree[begin : begin + len(local)]
+
+
+def starting_prompt_weights(
+    policy: Any,
+    tok: Any,
+    queries: Sequence[Any],
+    template: Any,
+    answers: RestrainAnswers,
+    s: Any,
+    r: RestrainSettings,
+) -> list[float]:
+    """``u_x`` of every query from ``s.num_generations`` rollouts of the frozen starting policy
+    (once, before training): ``queries`` are label-free pairs, ``template`` their prompt."""
+    from tte_recsys.reasoner_training.policy import sample
+
+    texts = [q.query.text for q in queries]
+    ref = sample(policy, tok, [template.messages(t) for t in texts], s.num_generations, s, seed=s.seed)
+    return [
+        prompt_weight(answers.answers([q.query.text] * len(t), t, [q.query.id] * len(t)), r.center, r.sigma)
+        for q, t in zip(queries, ref, strict=True)
+    ]
 
 
 class RestrainTrainer(GRPOTrainer):

@@ -105,14 +105,14 @@ def table_pairs(path: str | Path) -> list[TrainingPair]:
     return out
 
 
-def unlabeled_queries(items: Sequence[ItemInput], max_queries: int, seed: int = 0) -> list[TrainingPair]:
+def unlabeled_queries(catalog: Sequence[Side], max_queries: int, seed: int = 0) -> list[TrainingPair]:
     """Up to ``max_queries`` catalog items as label-free queries (RESTRAIN), drawn at random."""
-    usable = [it for it in items if not it.is_empty]
+    usable = [x for x in catalog if x.text.strip() or x.image is not None]
     if not usable:
         raise ValueError("reasoner training: the catalog has no item with text or an image")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(usable), size=min(max_queries, len(usable)), replace=False)
-    return [TrainingPair(_side(usable[int(i)]), None) for i in pick]
+    return [TrainingPair(usable[int(i)], None) for i in pick]
 
 
 def distinct_batches(
