@@ -115,6 +115,9 @@ def test_kill_mid_training_then_resume_gives_the_same_weights(tmp_path: Path) ->
     p.wait(timeout=60)
     assert not (killed / "export").exists() and not (killed / "report.json").exists()
     train_reasoner(killed, *args, "resume=true")
+    full = json.loads((tmp_path / "full" / "report.json").read_text())["curves"]
+    resumed = json.loads((killed / "report.json").read_text())["curves"]
+    assert [c["step"] for c in resumed] == [c["step"] for c in full] == [float(i) for i in range(1, 121)]
     a = load_file(tmp_path / "full" / "export" / "model.safetensors")
     b = load_file(killed / "export" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, lora_config
+from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, curves, lora_config
 from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, RestrainTrainer
 from tte_recsys.reasoner_training.rewards import EmbedderReward, FormatReward
 from tte_recsys.reasoner_training.tasks import TrainingPair, distinct_batches
@@ -170,4 +170,4 @@ def train_grpo(
         raise ValueError(f"method={method!r}: GRPO trains eg_rl or restrain")
     trainer.remove_callback(PrinterCallback)  # our bar shows reward, KL and loss; no dict per step on stdout
     trainer.train(resume_from_checkpoint=last_checkpoint(out) if resume else None)
-    return trainer.model, callback.history
+    return trainer.model, curves(trainer.state.log_history)

@@ -37,6 +37,7 @@ from tte_recsys.tte.models import resolve_model_dir
 __all__ = [
     "CurveCallback",
     "PolicySettings",
+    "curves",
     "export_reasoner",
     "load_policy",
     "lora_config",
@@ -182,14 +183,29 @@ def sample(
     return out
 
 
+def curves(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """The logged curves (one dict per logged step: reward, KL, loss, ...) from a Trainer's
+    ``state.log_history``, which a resumed run restores from its checkpoint: the whole run."""
+    out = []
+    for logs in log_history:
+        if "train_runtime" in logs or "step" not in logs:
+            continue
+        row = {"step": float(logs["step"])}
+        row.update(
+            {k: float(logs[k]) for k in CurveCallback.KEYS if k in logs and math.isfinite(float(logs[k]))}
+        )
+        if len(row) > 1:
+            out.append(row)
+    return out
+
+
 class CurveCallback(TrainerCallback):
-    """A progress bar with reward, KL and loss, and the logged curves (one dict per logged step)."""
+    """A progress bar with the latest reward, KL and loss (the curves: :func:`curves`)."""
 
     KEYS = ("reward", "kl", "loss", "rewards/outcome/mean", "rewards/format/mean", "entropy")
 
     def __init__(self, desc: str) -> None:
         self.desc = desc
-        self.history: list[dict[str, float]] = []
         self.bar: Any = None
 
     def on_train_begin(
@@ -205,13 +221,8 @@ class CurveCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **_: Any,
     ) -> None:
-        if not logs or "train_runtime" in logs:
-            return
-        row = {"step": float(state.global_step)}
-        row.update({k: float(logs[k]) for k in self.KEYS if k in logs and math.isfinite(float(logs[k]))})
-        self.history.append(row)
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("reward", "kl", "loss")})
+        if logs and self.bar is not None and "train_runtime" not in logs:
+            self.bar.set_postfix({k: f"{float(logs[k]):.4f}" for k in ("reward", "kl", "loss") if k in logs})
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any

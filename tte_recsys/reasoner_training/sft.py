@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from tte_recsys.reasoner_training.grpo import last_checkpoint
-from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, lora_config, sample
+from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, curves, lora_config, sample
 from tte_recsys.reasoner_training.rewards import EmbedderReward
 from tte_recsys.reasoner_training.tasks import Side, TrainingPair
 from tte_recsys.tte.items import ItemInput
@@ -158,4 +158,4 @@ def train_sft(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=last_checkpoint(out) if resume else None)
-    return trainer.model, callback.history
+    return trainer.model, curves(trainer.state.log_history)
