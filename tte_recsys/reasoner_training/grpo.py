@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, curves, lora_config
+from tte_recsys.reasoner_training.policy import (
+    CurveCallback,
+    PolicySettings,
+    curves,
+    lora_config,
+    trainer_args,
+)
 from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, RestrainTrainer
 from tte_recsys.reasoner_training.rewards import EmbedderReward, FormatReward
 from tte_recsys.reasoner_training.tasks import TrainingPair, distinct_batches
@@ -85,15 +90,10 @@ def grpo_args(
 ) -> GRPOConfig:
     """TRL's config for one generation (and one optimizer step) per step, checkpoints every
     ``ckpt_every`` steps under ``out``, no shuffling (the rows are ordered already)."""
-    cpu = not torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(out),
-        max_steps=s.steps,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
+        **trainer_args(s, out),
         warmup_steps=0,
         per_device_train_batch_size=prompts_per_step * s.num_generations,
-        gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_iterations=1,
         num_generations=s.num_generations,
@@ -109,18 +109,7 @@ def grpo_args(
         reward_weights=reward_weights,
         shuffle_dataset=False,
         remove_unused_columns=False,
-        use_cpu=cpu,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="steps",
-        save_steps=s.ckpt_every,
         save_only_model=False,
-        logging_steps=1,
-        report_to=[],
-        disable_tqdm=True,
-        seed=s.seed,
-        data_seed=s.seed,
-        dataloader_num_workers=0,
     )
 
 

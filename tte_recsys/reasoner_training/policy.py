@@ -42,6 +42,7 @@ __all__ = [
     "load_policy",
     "lora_config",
     "sample",
+    "trainer_args",
 ]
 
 
@@ -101,6 +102,31 @@ class PolicySettings:
             raise ValueError(
                 f"train: learning_rate={self.learning_rate} > 0 and ckpt_every={self.ckpt_every} >= 1"
             )
+
+
+def trainer_args(s: PolicySettings, out: Path) -> dict[str, Any]:
+    """The Trainer arguments GRPO and SFT share: steps, lr (constant), checkpoints every
+    ``ckpt_every`` under ``out``, a log per step, fp32 on the CPU without a GPU, our progress bar."""
+    import torch
+
+    return {
+        "output_dir": str(out),
+        "max_steps": s.steps,
+        "learning_rate": s.learning_rate,
+        "lr_scheduler_type": "constant",
+        "gradient_accumulation_steps": 1,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "save_strategy": "steps",
+        "save_steps": s.ckpt_every,
+        "logging_steps": 1,
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": s.seed,
+        "data_seed": s.seed,
+        "dataloader_num_workers": 0,
+    }
 
 
 def load_policy(

@@ -21,7 +21,14 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from tte_recsys.reasoner_training.grpo import last_checkpoint
-from tte_recsys.reasoner_training.policy import CurveCallback, PolicySettings, curves, lora_config, sample
+from tte_recsys.reasoner_training.policy import (
+    CurveCallback,
+    PolicySettings,
+    curves,
+    lora_config,
+    sample,
+    trainer_args,
+)
 from tte_recsys.reasoner_training.rewards import EmbedderReward
 from tte_recsys.reasoner_training.tasks import Side, TrainingPair
 from tte_recsys.tte.items import ItemInput
@@ -125,28 +132,8 @@ def train_sft(
     resume: bool,
 ) -> tuple[Any, list[dict[str, float]]]:
     """``s.steps`` optimizer steps of next-token loss on the traces; returns (model, curves)."""
-    import torch
 
-    args = SFTConfig(
-        output_dir=str(out),
-        max_steps=s.steps,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
-        per_device_train_batch_size=s.sft_batch_size,
-        gradient_accumulation_steps=1,
-        max_length=512,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="steps",
-        save_steps=s.ckpt_every,
-        logging_steps=1,
-        report_to=[],
-        disable_tqdm=True,
-        seed=s.seed,
-        data_seed=s.seed,
-        dataloader_num_workers=0,
-    )
+    args = SFTConfig(**trainer_args(s, out), per_device_train_batch_size=s.sft_batch_size, max_length=512)
     callback = CurveCallback(f"sft ({len(examples)} traces)")
     trainer = SFTTrainer(
         model=model,
