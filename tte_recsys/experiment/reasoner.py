@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,11 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from tte_recsys.artifacts import write_json, write_text
 from tte_recsys.config import EvalConfig, from_mapping
+from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import TemporalSplit, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_retriever
-from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config
+from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config, uses_reasoner
 from tte_recsys.reasoner_training.grpo import eg_rl_rows, restrain_rows, train_grpo
 from tte_recsys.reasoner_training.policy import PolicySettings, export_reasoner, load_policy, sample
 from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, starting_prompt_weights
@@ -48,18 +50,16 @@ log = logging.getLogger(__name__)
 METHODS = ("sft", "eg_rl", "restrain", "unified_head", "score")
 
 
+@dataclass
 class ReasonerData:
-    """The run's catalog (as sides), its training pairs, held-out pairs and (I2I) split."""
+    """The run's catalog (as sides), its training pairs, held-out pairs and, with a dataset (not
+    the toy task), the dataset and its split."""
 
-    def __init__(
-        self,
-        catalog: list[Side],
-        pairs: list[TrainingPair],
-        heldout: list[TrainingPair],
-        split: TemporalSplit | None = None,
-        items: list[ItemInput] | None = None,
-    ) -> None:
-        self.catalog, self.pairs, self.heldout, self.split, self.items = catalog, pairs, heldout, split, items
+    catalog: list[Side]
+    pairs: list[TrainingPair]
+    heldout: list[TrainingPair]
+    dataset: Dataset | None = None
+    split: TemporalSplit | None = None
 
 
 def _valid_pairs(split: TemporalSplit, items: Sequence[ItemInput], n: int, seed: int) -> list[TrainingPair]:
@@ -106,7 +106,7 @@ def prepare_reasoner_data(cfg: DictConfig, out: Path) -> tuple[ReasonerData, dic
         pairs = i2i_pairs(split.train_pairs, items, int(cfg.max_pairs), seed)
     else:
         raise ValueError(f"task={cfg.task!r}: expected 'i2i' or 'table'")
-    data = ReasonerData(catalog, pairs, _valid_pairs(split, items, n_held, seed), split, items)
+    data = ReasonerData(catalog, pairs, _valid_pairs(split, items, n_held, seed), ds, split)
     return data, {"policy": str(cfg.policy_path), "embedder": str(cfg.embedder.model_path)}
 
 
@@ -162,9 +162,9 @@ def _plot_curves(history: list[dict[str, float]], path: Path, title: str) -> Non
 def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[str, Any]) -> dict[str, Any]:
     """Content-only retrieval of the catalog embedded with ``reasoner``'s traces (``reasoner=none``:
     without traces), on valid and test, with the I2I protocol (the experiment's own stages)."""
-    assert data.split is not None
+    assert data.split is not None and data.dataset is not None
     stage = stage_config(cfg, reasoner=reasoner)
-    uses = not str(reasoner.get("_target_", "")).endswith("NoReasoner")
+    uses = uses_reasoner(stage)
     traces_dir = out / "traces"
     if uses:
         keys = {"prompt": cfg.prompt, "cache_dir": cfg.cache_dir, "flush_every": 64}
@@ -176,9 +176,8 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     ds_items = [x.id for x in data.catalog]
     vectors = load_vectors(str(vec_dir)).aligned(ds_items)
     eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
-    ds = load_dataset(cfg.data)
     _, _, label_cfg = data_configs(cfg.data)
-    labeler = RelevanceLabeler.from_dataset(ds, label_cfg)
+    labeler = RelevanceLabeler.from_dataset(data.dataset, label_cfg)
     retriever = ContentCosine(vectors)
     return {
         which: evaluate_retriever(retriever, ev, labeler, len(ds_items), eval_cfg)
@@ -213,8 +212,9 @@ def train_reasoner(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "heldout_pairs": len(data.heldout),
         "settings": OmegaConf.to_container(cfg.train, resolve=True),
     }
-    start = heldout_reward(policy, tok, data.heldout, template, reward, s, n_eval, seed + 7)
-    log.info("%s: held-out reward of the starting policy %.4f", method, start)
+    if method != "unified_head":  # the unified head reports its own held-out retrieval
+        start = heldout_reward(policy, tok, data.heldout, template, reward, s, n_eval, seed + 7)
+        log.info("%s: held-out reward of the starting policy %.4f", method, start)
     ckpt = out / "checkpoints"
     history: list[dict[str, float]] = []
     model: Any = policy

@@ -27,8 +27,12 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from tte_recsys import distributed
-from tte_recsys.reasoner_training.rewards import EmbedderReward, completion_text, group_advantages
+from tte_recsys.reasoner_training.rewards import (
+    EmbedderReward,
+    completion_text,
+    gather_batch,
+    group_advantages,
+)
 
 __all__ = [
     "RestrainAnswers",
@@ -152,9 +156,7 @@ class RestrainAnswers:
         self, prompts: list[Any], completions: list[Any], text: list[str], item_id: list[str], **_: Any
     ) -> list[float]:
         local = list(zip(text, [completion_text(c) for c in completions], item_id, strict=True))
-        parts = distributed.all_gather_objects(local)
-        rank = torch.distributed.get_rank() if len(parts) > 1 else 0
-        rows = [row for p in parts for row in p]
+        rows, begin = gather_batch(local)
         t, r, i = (list(c) for c in zip(*rows, strict=True))
         self.last_answers = self.answers(t, r, i)
         agree = []
@@ -162,7 +164,6 @@ class RestrainAnswers:
             g = self.last_answers[start : start + self.group]
             top = Counter(g).most_common(1)[0][0]
             agree += [1.0 if a == top else 0.0 for a in g]
-        begin = sum(len(p) for p in parts[:rank])
         return agree[begin : begin + len(local)]
 
 
@@ -197,10 +198,7 @@ class RestrainTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         out = super()._generate_and_score_completions(inputs)
-        weights = [float(x["prompt_weight"]) for x in inputs]
-        parts = distributed.all_gather_objects(weights)
-        rank = torch.distributed.get_rank() if len(parts) > 1 else 0
-        u = [w for p in parts for w in p]
+        u, begin = gather_batch([float(x["prompt_weight"]) for x in inputs])
         g = self.answer_fn.group
         answers = drop_hubs(self.answer_fn.last_answers, g, self.restrain.max_prompt_share)
         self._metrics["train"]["restrain/hub_share"].append(
@@ -211,7 +209,6 @@ class RestrainTrainer(GRPOTrainer):
         adv = torch.cat(
             [restrain_advantages(answers[s : s + g], u[s], self.restrain) for s in range(0, len(answers), g)]
         )
-        begin = sum(len(p) for p in parts[:rank])
         local = adv[begin : begin + len(inputs)]
         self._metrics["train"]["restrain/advantage_mean"].append(float(local.mean()))
         out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)

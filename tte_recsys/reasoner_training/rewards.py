@@ -42,6 +42,7 @@ __all__ = [
     "RewardSettings",
     "completion_text",
     "format_reward",
+    "gather_batch",
     "group_advantages",
     "outcome_rewards",
     "symmetric_candidates",
@@ -143,6 +144,14 @@ def symmetric_candidates(pair: Sequence[int], side: Sequence[int]) -> tuple[torc
     return cand, cand & (p[:, None] == p[None, :])
 
 
+def gather_batch(local: list[Any]) -> tuple[list[Any], int]:
+    """The whole generation batch from every rank's local rows (in rank order, as TRL slices
+    it), and where this rank's rows start in it; one process: ``(local, 0)``."""
+    parts = distributed.all_gather_objects(local)
+    rank = torch.distributed.get_rank() if len(parts) > 1 else 0
+    return [row for p in parts for row in p], sum(len(p) for p in parts[:rank])
+
+
 def completion_text(completion: Any) -> str:
     """A TRL completion (a string, or a conversational list of messages) as text."""
     if isinstance(completion, str):
@@ -242,9 +251,6 @@ class EmbedderReward:
     ) -> list[float]:
         raws = [completion_text(c) for c in completions]
         local = list(zip(text, raws, pair, side, item_id, strict=True))
-        parts = distributed.all_gather_objects(local)
-        rank = torch.distributed.get_rank() if len(parts) > 1 else 0
-        rows = [row for p in parts for row in p]
+        rows, start = gather_batch(local)
         r = self.rewards(*(list(c) for c in zip(*rows, strict=True)))
-        start = sum(len(p) for p in parts[:rank])
         return r[start : start + len(local)]
