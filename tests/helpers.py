@@ -74,10 +74,15 @@ def tiny_args(model: Path, *extra: str) -> list[str]:
 
 
 def launch(
-    args: list[str], out: Path, nproc: int = 1, env: dict[str, str] | None = None
+    args: list[str],
+    out: Path,
+    nproc: int = 1,
+    env: dict[str, str] | None = None,
+    module: str = "pipelines.train_i2i",
 ) -> subprocess.Popen[str]:
+    """A pipeline under torchrun with ``nproc`` processes, writing into ``out``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "pipelines.train_i2i", *args, f"hydra.run.dir={out}"]
+    cmd += ["-m", module, *args, f"hydra.run.dir={out}"]
     return subprocess.Popen(
         cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -126,7 +126,12 @@ def _build_data(cfg: DictConfig, group: str) -> object:
 def _build_embedder(cfg: DictConfig, group: str) -> object:
     from tte_recsys.tte.embedder import Embedder
     from tte_recsys.tte.factory import embedder_from_config
+    from tte_recsys.tte.openai_embedder import OpenAIEmbedder
 
+    if "_target_" in cfg.embedder:  # a served embedder (eval_mmeb): built, nothing connects
+        remote = instantiate(cfg.embedder)
+        assert isinstance(remote, OpenAIEmbedder) and remote.model_id
+        return remote
     emb, model_id = embedder_from_config({**cfg.embedder, "runtime": "torch", "device": "cpu"})
     assert isinstance(emb, Embedder) and model_id
     return emb
@@ -184,14 +189,18 @@ BUILDERS = _builders()
 def test_every_config_group_option_composes_and_builds(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, group: str, option: str
 ) -> None:
-    # train_i2i holds every group but serving; export_faiss holds serving
+    # train_i2i holds every group but serving; export_faiss holds serving; a served embedder
+    # scores MMEB only (training needs the model's weights)
     root = "export_faiss" if group == "serving" else "train_i2i"
     overrides = [f"{group}={option}"]
+    if group == "embedder" and option == "openai":
+        root = "eval_mmeb"
+        overrides += ["embedder.base_url=http://127.0.0.1:9/v1", "embedder.model=m"]
     if root == "export_faiss":
         overrides.append("model_dir=unused")
     if group == "data" and option == "tabular":
         overrides += ["data.adapter.items_path=items.csv", "data.adapter.interactions_path=log.csv"]
-    if group == "embedder":
+    if group == "embedder" and option != "openai":
         overrides.append(f"embedder.model_path={tiny_qwen_dir}")
     if group == "reasoner" or (group == "experiment" and option.startswith("tte_")):
         overrides += _reasoner_overrides(option, tiny_qwen_dir, tmp_path)

@@ -155,12 +155,12 @@ class Embedder(nn.Module):
         texts: str | Sequence[str],
         batch_size: int = 64,
         show_progress: bool = False,
-        images: Sequence[str | None] | None = None,
+        images: Sequence[str | Sequence[str] | None] | None = None,
     ) -> np.ndarray:
         """Embed one text or many: (D,) or (N, D) float32 numpy ((N, H, D) with meta-query heads).
 
-        ``images``: an image path (or None) per text, used by a vision-language backbone; a
-        text-only embedder ignores them. A missing or unreadable image raises, naming the file.
+        ``images``: per text, an image path, several (a video's frames, in order) or None, used
+        by a vision-language backbone; a text-only embedder ignores them. A missing or unreadable image raises, naming the file.
         """
         single = isinstance(texts, str)
         items = [texts] if isinstance(texts, str) else list(texts)
@@ -171,7 +171,7 @@ class Embedder(nn.Module):
         prepared: list[ImageInputs | None] = [None] * len(items)
         if images is not None and self.vision is not None:
             vision = self.vision
-            prepared = [vision.prepare(p) if p is not None else None for p in images]
+            prepared = [vision.prepare(p) if p else None for p in images]
         ids = self.token_ids(items, prepared)
         chunks = self.length_chunks(ids, batch_size)
         out: list[np.ndarray] = []

@@ -7,6 +7,7 @@ The one place that knows both runtimes, so :mod:`tte_recsys.tte.embedder` (the m
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +24,14 @@ from tte_recsys.tte.onnx_runtime import OnnxEmbedder, onnx_unsupported
 from tte_recsys.tte.pooling import MetaQueries, make_pooling
 from tte_recsys.tte.vision import VisionAdapter
 
-__all__ = ["build_embedder", "embedder_from_config"]
+__all__ = ["build_embedder", "embedder_fingerprint", "embedder_from_config", "weights_digest"]
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over the sha256 of every safetensors file of a model folder: what the weights are,
+    whatever the folder is called."""
+    shas = "|".join(sha256_file(f) for f in sorted(Path(model_dir).glob("*.safetensors")))
+    return hashlib.sha256(shas.encode()).hexdigest()
 
 
 def build_embedder(
@@ -76,10 +84,7 @@ def build_embedder(
         runtime = "onnx" if dev.type == "cpu" and onnx_unsupported(emb) is None else "torch"
     if runtime == "onnx":
         d = resolve_model_dir(model_path)
-        weights = "|".join(
-            sha256_file(f) for f in sorted(d.glob("*.safetensors"))
-        )  # a retrained model re-exports
-        key = f"{d.resolve()}|{weights}|{max_length}|{dtype}"
+        key = f"{d.resolve()}|{weights_digest(d)}|{max_length}|{dtype}"  # a retrained model re-exports
         return OnnxEmbedder(emb, onnx_cache_dir, key)
     if runtime != "torch":
         raise ValueError(f"embedder.runtime={runtime!r}: expected one of ['auto', 'torch', 'onnx']")
@@ -101,3 +106,10 @@ def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
         f"{Path(str(e['model_path'])).name}|{e['pooling']}|{e['max_length']}|{e['dtype']}|{e['instruction']}"
     )
     return embedder, model_id
+
+
+def embedder_fingerprint(e: Mapping[str, Any], model_id: str) -> str:
+    """What an ``embedder`` section's vectors depend on: its model id (path, pooling, length,
+    dtype, instruction) and the digest of its weights, so a model retrained in place is a new one."""
+    weights = weights_digest(resolve_model_dir(str(e["model_path"])))
+    return hashlib.sha256(f"{model_id}|{weights}".encode()).hexdigest()

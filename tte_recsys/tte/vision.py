@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ __all__ = ["ImageInputs", "VisionAdapter"]
 
 @dataclass(frozen=True)
 class ImageInputs:
-    """One image: its token ids (vision start, pads, end), patches (P, C) and grid (1, 3)."""
+    """Image(s) of one input: token ids (vision start, pads, end per image), patches (P, C) and grids (n, 3)."""
 
     token_ids: list[int]
     pixel_values: torch.Tensor
@@ -33,7 +34,17 @@ class VisionAdapter:
         self.end_id = int(config.vision_end_token_id)
         self.merge = int(config.vision_config.spatial_merge_size)
 
-    def prepare(self, path: str) -> ImageInputs:
+    def prepare(self, path: str | Sequence[str]) -> ImageInputs:
+        """One image, or several in order (a video's frames: each its own vision block)."""
+        if not isinstance(path, str):
+            parts = [self.prepare(p) for p in path]
+            if not parts:
+                raise ValueError("prepare: an empty list of images")
+            return ImageInputs(
+                [t for im in parts for t in im.token_ids],
+                torch.cat([im.pixel_values for im in parts]),
+                torch.cat([im.grid_thw for im in parts]),
+            )
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"image {p} not found")

@@ -1,0 +1,159 @@
+"""The OpenAI-compatible embeddings backend against a real HTTP server on 127.0.0.1, backed by the
+tiny vision-language embedder: the same vectors as the local model, images as data URLs, bounded
+concurrency, retries, and eval_mmeb through it giving the local model's scores."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from omegaconf import DictConfig
+
+from pipelines import eval_mmeb
+from tte_recsys.evaluation.mmeb.synthetic import make_synthetic_root
+from tte_recsys.tte.embedder import Embedder
+from tte_recsys.tte.factory import build_embedder
+from tte_recsys.tte.http import ClientSettings, RequestFailed
+from tte_recsys.tte.openai_embedder import OpenAIEmbedder
+from tte_recsys.tte.tiny import build_tiny_qwen2_vl
+
+
+class EmbeddingServer:
+    """``POST /v1/embeddings``: ``input`` (texts) or chat ``messages`` (images as data URLs + text),
+    answered by a local :class:`Embedder`; ``script`` lists (status, headers) failures to serve first."""
+
+    def __init__(self, emb: Embedder) -> None:
+        self.emb, self.script, self.bodies = emb, [], []  # type: ignore[var-annotated]
+        self.in_flight = self.max_in_flight = 0
+        self.lock, self.model_lock = threading.Lock(), threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.bodies.append(body)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    step = outer.script.pop(0) if outer.script else None
+                try:
+                    if step is not None:
+                        self.send_response(step[0])
+                        for k, v in step[1].items():
+                            self.send_header(k, v)
+                        self.end_headers()
+                        self.wfile.write(b'{"error": "scripted"}')
+                        return
+                    vecs = outer.embed(body)
+                    payload = {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
+                    data = json.dumps(payload).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def embed(self, body: dict[str, Any]) -> np.ndarray:
+        with self.model_lock:
+            if "input" in body:
+                return self.emb.encode(list(body["input"]))
+            (msg,) = body["messages"]
+            text = next(p["text"] for p in msg["content"] if p["type"] == "text")
+            with tempfile.TemporaryDirectory() as d:
+                paths = []
+                for k, p in enumerate(x for x in msg["content"] if x["type"] == "image_url"):
+                    path = Path(d) / f"{k}.png"
+                    path.write_bytes(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))
+                    paths.append(str(path))
+                return self.emb.encode([text], images=[paths])
+
+
+@pytest.fixture(scope="module")
+def vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("vl"))
+
+
+@pytest.fixture
+def server(vl_dir: Path) -> Iterator[EmbeddingServer]:
+    s = EmbeddingServer(build_embedder(str(vl_dir), pooling="last", runtime="torch"))
+    t = threading.Thread(target=s.httpd.serve_forever, daemon=True)
+    t.start()
+    yield s
+    s.httpd.shutdown()
+
+
+def _fast(**kw: Any) -> ClientSettings:
+    return ClientSettings(**{"backoff_s": 0.01, "timeout_s": 20.0, **kw})
+
+
+def test_vectors_match_the_local_model_with_images_and_bounded_concurrency(
+    server: EmbeddingServer, tmp_path: Path
+) -> None:
+    root = make_synthetic_root(tmp_path / "root", queries=4)
+    frames = sorted(str(p) for p in (root / "video-tasks/frames/video_cls/UCF101/v1").glob("*.png"))[:3]
+    texts = ["a cat", "a boat on water", "frames of a video", "one more"]
+    images: list[Any] = [None, None, frames, str(root / "image-tasks/MSCOCO_t2i/c0.png")]
+    remote = OpenAIEmbedder(server.url, "tiny", batch_size=2, client=_fast(concurrency=2)).encode(
+        texts, images=images
+    )
+    local = server.emb.encode(texts, images=images)
+    np.testing.assert_allclose(remote, local, atol=1e-6)
+    assert np.allclose(np.linalg.norm(remote, axis=1), 1.0)
+    kinds = sorted("input" if "input" in b else "messages" for b in server.bodies)
+    assert kinds == ["input", "messages", "messages"]  # two texts per request, one request per image input
+    image_req = next(b for b in server.bodies if "messages" in b and len(b["messages"][0]["content"]) == 4)
+    assert image_req["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert server.max_in_flight <= 2
+
+
+def test_retries_then_gives_up_with_a_clear_error(server: EmbeddingServer) -> None:
+    server.script = [(503, {"Retry-After": "0"}), (429, {})]
+    vec = OpenAIEmbedder(server.url, "tiny", client=_fast()).encode(["hello"])
+    assert vec.shape[0] == 1 and len(server.bodies) == 3
+    server.script = [(400, {})]
+    with pytest.raises(
+        RequestFailed, match=r"HTTP 400 from http://127.0.0.1:\d+/v1/embeddings \(not retried\)"
+    ):
+        OpenAIEmbedder(server.url, "tiny", client=_fast()).encode(["hello"])
+    server.script = [(503, {})] * 3
+    with pytest.raises(RequestFailed, match=r"HTTP 503 .*gave up after 3 attempts"):
+        OpenAIEmbedder(server.url, "tiny", client=_fast(max_retries=2)).encode(["hello"])
+
+
+def test_eval_mmeb_through_the_server_scores_as_the_local_model(
+    server: EmbeddingServer, vl_dir: Path, tmp_path: Path, compose_cfg: Callable[..., DictConfig]
+) -> None:
+    root = make_synthetic_root(tmp_path / "root", queries=4)
+    tasks = "tasks=[ImageNet-1K,MSCOCO_t2i,UCF101,ViDoSeek-doc]"
+    common = [f"root={root}", tasks, f"cache_dir={tmp_path / 'cache'}"]
+    local = [f"embedder.model_path={vl_dir}", "embedder.pooling=last", "embedder.runtime=torch"]
+    eval_mmeb.run(compose_cfg("eval_mmeb", [*common, *local, f"output_dir={tmp_path / 'local'}"]))
+    remote = [
+        "embedder=openai",
+        f"embedder.base_url={server.url}",
+        "embedder.model=tiny",
+        "embedder.revision=seed0",
+    ]
+    eval_mmeb.run(compose_cfg("eval_mmeb", [*common, *remote, f"output_dir={tmp_path / 'remote'}"]))
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("local", "remote"))
+    assert {k: v["score"] for k, v in a["tasks"].items()} == pytest.approx(
+        {k: v["score"] for k, v in b["tasks"].items()}
+    )
+    assert b["embedder"].startswith("openai:http://127.0.0.1") and a["fingerprint"] != b["fingerprint"]
