@@ -19,7 +19,8 @@ import polars as pl
 __all__ = ["TIES", "TaskScore", "aggregate", "ndcg_at_k", "score_task", "top_k_order"]
 
 TIES = ("pessimistic", "optimistic")
-_CHUNK = 512  # queries scored at once: bounds the (chunk, C) score block of global tasks
+_BLOCK_FLOATS = 1 << 25  # the (chunk, C) score block of one matmul: 128 MB of float32
+_DENSE_FACTOR = 8  # local lists: one matmul over the whole pool while it is at most this x a list
 
 
 def top_k_order(scores: np.ndarray, grades: np.ndarray, k: int, ties: str = "pessimistic") -> np.ndarray:
@@ -97,15 +98,23 @@ def score_task(
     k_out = max(top_k, 5)
     per_query = np.zeros(len(q), dtype=np.float64)
     rows: dict[str, list[Any]] = {"query": [], "top": [], "top_scores": [], "first_relevant_rank": []}
-    for start in range(0, len(q), _CHUNK):
-        block = q[start : start + _CHUNK] @ c.T if lists is None else None  # (b, C)
-        for j in range(min(_CHUNK, len(q) - start)):
+    # Global tasks, and local ones whose pool is small next to a list, score a block of queries
+    # against every candidate in one matmul; local lists from a large pool gather their rows.
+    mean_list = float(np.mean([len(x) for x in lists])) if lists else 0.0
+    dense = lists is None or len(c) <= _DENSE_FACTOR * mean_list
+    chunk = max(1, _BLOCK_FLOATS // max(len(c), 1))
+    for start in range(0, len(q), chunk):
+        block = q[start : start + chunk] @ c.T if dense else None  # (b, C)
+        for j in range(min(chunk, len(q) - start)):
             i = start + j
             rel = relevance[i]
             if not rel:
                 raise ValueError(f"query {i} has no relevant candidate")
             idx = np.arange(len(c)) if lists is None else lists[i]
-            s = block[j] if block is not None else c[idx] @ q[i]  # (n,)
+            if block is not None:
+                s = block[j] if lists is None else block[j, idx]  # (n,)
+            else:
+                s = c[idx] @ q[i]  # (n,)
             pos = {int(x): p for p, x in enumerate(idx)} if lists is not None else None
             g = np.zeros(len(idx))
             for cand, grade in rel.items():

@@ -124,7 +124,7 @@ def make_synthetic_root(root: str | Path, queries: int = 6, seed: int = 0) -> Pa
         "VLM2Vec/ActivityNetQA",
         {
             "video_id": vids,
-            "question": [f"is there a {w}?" for w in words[:queries]],
+            "question": [f"is there a {words[k % len(words)]}?" for k in range(queries)],
             "answer": ["yes" if k % 2 else "no" for k in range(queries)],
         },
     )
