@@ -11,9 +11,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from tte_recsys import distributed
 from tte_recsys.experiment.stages import embed_items
-from tte_recsys.runs import output_dir
+from tte_recsys.runs import check_overrides, cli, output_dir
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -22,11 +21,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="embed_items")
 def main(cfg: DictConfig) -> None:
-    try:
-        print(run(cfg))
-    finally:
-        distributed.shutdown()
+    cli(run, cfg, print)
 
 
 if __name__ == "__main__":
+    check_overrides("embed_items")
     main()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 from tte_recsys import distributed
 from tte_recsys.evaluation.mmeb.run import evaluate_mmeb, list_tasks
 from tte_recsys.evaluation.mmeb.synthetic import SYNTHETIC_TASKS, make_synthetic_root
-from tte_recsys.runs import output_dir
+from tte_recsys.runs import check_overrides, cli, output_dir
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
 
 
@@ -45,12 +45,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval_mmeb")
 def main(cfg: DictConfig) -> None:
-    try:
-        result = run(cfg)
-        print({k: v for k, v in result.items() if k != "encoding"})
-    finally:
-        distributed.shutdown()
+    cli(run, cfg, lambda r: print({k: v for k, v in r.items() if k != "encoding"}))
 
 
 if __name__ == "__main__":
+    check_overrides("eval_mmeb")
     main()

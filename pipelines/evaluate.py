@@ -22,7 +22,7 @@ from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_baselines_both_ways
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.retrieval import ItemRetriever
-from tte_recsys.runs import data_configs, finish_run, load_dataset, output_dir
+from tte_recsys.runs import check_overrides, cli, data_configs, finish_run, load_dataset, output_dir
 from tte_recsys.serving.retriever import BundleRetriever
 from tte_recsys.vectors import load_vectors
 
@@ -76,8 +76,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    cli(run, cfg)
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate")
     main()

@@ -19,7 +19,7 @@ from tte_recsys import distributed
 from tte_recsys.artifacts import read_manifest
 from tte_recsys.config import from_mapping
 from tte_recsys.models.export import load_export
-from tte_recsys.runs import load_dataset, output_dir
+from tte_recsys.runs import check_overrides, cli, load_dataset, output_dir
 from tte_recsys.serving.bundle import build_bundle, write_vectors
 from tte_recsys.serving.faiss_index import IndexConfig
 
@@ -68,11 +68,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export_faiss")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    finally:
-        distributed.shutdown()
+    cli(run, cfg)
 
 
 if __name__ == "__main__":
+    check_overrides("export_faiss")
     main()

@@ -13,9 +13,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from tte_recsys import distributed
 from tte_recsys.experiment.stages import generate_catalog_traces
-from tte_recsys.runs import output_dir
+from tte_recsys.runs import check_overrides, cli, output_dir
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -24,12 +23,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="generate_traces")
 def main(cfg: DictConfig) -> None:
-    try:
-        s = run(cfg)
-        print({k: s[k] for k in ("generated", "cached", "failed", "failure_reasons", "model_calls")})
-    finally:
-        distributed.shutdown()
+    keys = ("generated", "cached", "failed", "failure_reasons", "model_calls")
+    cli(run, cfg, lambda s: print({k: s[k] for k in keys}))
 
 
 if __name__ == "__main__":
+    check_overrides("generate_traces")
     main()

@@ -8,7 +8,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from tte_recsys.runs import finish_run, load_dataset, output_dir
+from tte_recsys.runs import check_overrides, cli, finish_run, load_dataset, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare_data")
 def main(cfg: DictConfig) -> None:
-    print(run(cfg))
+    cli(run, cfg, print)
 
 
 if __name__ == "__main__":
+    check_overrides("prepare_data")
     main()

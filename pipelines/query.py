@@ -7,6 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from tte_recsys.runs import check_overrides, cli
 from tte_recsys.serving.retriever import BundleRetriever, QueryResult
 
 
@@ -25,11 +26,15 @@ def run(cfg: DictConfig) -> QueryResult:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="query")
 def main(cfg: DictConfig) -> None:
-    result = run(cfg)
-    if result.error:
-        print(result.error, file=sys.stderr)
-        sys.exit(2)
+    cli(run, cfg, _exit_on_error)
+
+
+def _exit_on_error(result: QueryResult) -> None:
+    if result.error:  # an unknown trigger id: said on stderr, exit status 2
+        print(f"error: {result.error}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
+    check_overrides("query")
     main()

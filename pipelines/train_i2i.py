@@ -20,7 +20,7 @@ from tte_recsys import distributed
 from tte_recsys.evaluation.quota import plot_tradeoff
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.experiment import i2i
-from tte_recsys.runs import finish_run, output_dir
+from tte_recsys.runs import check_overrides, cli, finish_run, output_dir
 from tte_recsys.training.sharding import process_group
 
 
@@ -55,11 +55,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_i2i")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    finally:
-        distributed.shutdown()
+    cli(run, cfg)
 
 
 if __name__ == "__main__":
+    check_overrides("train_i2i")
     main()

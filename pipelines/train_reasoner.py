@@ -14,9 +14,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from tte_recsys import distributed
 from tte_recsys.experiment.reasoner import train_reasoner
-from tte_recsys.runs import output_dir
+from tte_recsys.runs import check_overrides, cli, output_dir
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -25,12 +24,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_reasoner")
 def main(cfg: DictConfig) -> None:
-    try:
-        r = run(cfg)
-        print({k: r[k] for k in ("method", "pairs", "heldout_reward", "unified", "retrieval") if k in r})
-    finally:
-        distributed.shutdown()
+    keys = ("method", "pairs", "heldout_reward", "unified", "retrieval")
+    cli(run, cfg, lambda r: print({k: r[k] for k in keys if k in r}))
 
 
 if __name__ == "__main__":
+    check_overrides("train_reasoner")
     main()

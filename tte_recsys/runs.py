@@ -4,19 +4,40 @@ finish with the resolved config and a manifest. Pipelines stay thin (STYLE.md)."
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from tte_recsys import distributed
 from tte_recsys.artifacts import write_manifest, write_text
 from tte_recsys.config import LabelConfig, PairConfig, SplitConfig, from_mapping
 from tte_recsys.data.dataset import Dataset
 
-__all__ = ["data_configs", "finish_run", "load_dataset", "output_dir"]
+__all__ = [
+    "CONFIG_DIR",
+    "USER_ERRORS",
+    "check_overrides",
+    "cli",
+    "data_configs",
+    "finish_run",
+    "load_dataset",
+    "output_dir",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# What a user can fix (bad input, a missing or unwritable file, a full disk, a wrong setting):
+# reported as one line, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -57,3 +78,59 @@ def finish_run(out: Path, kind: str, cfg: DictConfig, extra: dict[str, Any] | No
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     write_manifest(out, kind, {"config": resolved, **(extra or {})})
+
+
+def cli(run: Callable[[DictConfig], T], cfg: DictConfig, show: Callable[[T], object] | None = None) -> None:
+    """A pipeline's ``main``: ``run(cfg)``, then ``show`` its result; the process group is shut
+    down either way. A user-facing error prints one line, ``error: <what, where, what to do>``,
+    and exits with status 2; ``HYDRA_FULL_ERROR=1`` raises it with the full trace instead."""
+    try:
+        result = run(cfg)
+        if show is not None:
+            show(result)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(HYDRA_FULL_ERROR=1 shows the full trace)", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        distributed.shutdown()
+
+
+def _unknown_key(cfg: DictConfig, key: str) -> str | None:
+    """Why ``key`` (dotted) is not in ``cfg``, listing the valid keys where it stops; None if it is."""
+    node: Any = cfg
+    path: list[str] = []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+            return None  # a null, list or free-form value: what it holds is checked where it is read
+        child = node._get_node(part)  # ``in`` is False for a ??? (missing) value, which is a key
+        if child is None:
+            where = ".".join(path) or "the top level"
+            return f"unknown config key {key!r}: {where} has {sorted(str(k) for k in node)}"
+        node = child
+        path.append(part)
+    return None
+
+
+def check_overrides(config_name: str, overrides: Sequence[str] | None = None) -> None:
+    """Refuse a command-line override that names no key of ``config_name`` (a typo), listing the
+    valid keys where the path stops, before Hydra (whose message does not list them) starts.
+    Group choices (``embedder=openai``), additions (``+key=...``), deletions and ``hydra.*`` are
+    left to Hydra, which lists a group's options itself."""
+    args = list(sys.argv[1:] if overrides is None else overrides)
+    plain = [a for a in args if "=" in a and not a.startswith(("+", "~", "hydra."))]
+    groups = [a for a in plain if (CONFIG_DIR / a.split("=", 1)[0]).is_dir()]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except (HydraException, OmegaConfBaseException):
+        return  # a bad group option: Hydra says so, with the options
+    for a in plain:
+        key = a.split("=", 1)[0]
+        if a in groups:
+            continue
+        if (why := _unknown_key(cfg, key)) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            raise SystemExit(2)

@@ -77,7 +77,7 @@ def test_list_tasks_reads_no_data(
     assert len(tasks) == 78 and sum(t["modality"] == "visdoc" for t in tasks) == 24
     assert "ViDoSeek-page@fixed" in capsys.readouterr().out
     eval_mmeb.run(
-        compose_cfg("eval_mmeb", ["list_tasks=true", "versions={MomentSeeker: '1800'}", "modalities=[video]"])
+        compose_cfg("eval_mmeb", ["list_tasks=true", "versions.MomentSeeker=1800", "modalities=[video]"])
     )
     tasks = json.loads((tmp_path / "out" / "tasks.json").read_text())
     assert len(tasks) == 18 and {t["version"] for t in tasks if t["name"] == "MomentSeeker"} == {"1800"}
@@ -267,8 +267,8 @@ def test_bad_input_names_task_file_and_row(
     ("override", "message"),
     [
         ("tasks=[ImageNet-2K]", r"tasks: unknown \['ImageNet-2K'\]; valid: \['ImageNet-1K'"),
-        ("versions={ViDoSeek-page: v3}", r"versions.ViDoSeek-page='v3': unknown; tasks with versions"),
-        ("columns={msrvtt2: {text: x}}", r"columns: unknown famil\(y/ies\) \['msrvtt2'\]"),
+        ("versions.ViDoSeek-page=v3", r"versions.ViDoSeek-page='v3': unknown; tasks with versions"),
+        ("+columns.msrvtt2.text=x", r"columns: unknown famil\(y/ies\) \['msrvtt2'\]"),
         ("ties=random", r"ties='random': expected one of \['pessimistic', 'optimistic'\]"),
         ("read.frames=0", r"read.frames=0: expected >= 1"),
     ],

@@ -72,7 +72,7 @@ def _read_table(task: TaskSpec, files: Sequence[Path], needed: Sequence[str]) ->
         if missing:
             raise MMEBDataError(
                 f"task {task.label}: {f} lacks column(s) {missing}; it has {df.columns} "
-                "(a family's columns can be renamed with columns.<family>.<ours>=<theirs>)"
+                "(rename a family's columns with +columns.<family>.<ours>=<theirs>)"
             )
         frames.append(df.with_columns(pl.lit(f.name).alias("_file"), pl.int_range(pl.len()).alias("_row")))
     return pl.concat(frames, how="diagonal_relaxed")

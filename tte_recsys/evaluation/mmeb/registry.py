@@ -116,7 +116,7 @@ def select_tasks(
     name, modality, meta-task or version raises, listing the valid ones.
     """
     rows = registry()
-    chosen = {**DEFAULT_VERSIONS, **dict(versions or {})}
+    chosen = {**DEFAULT_VERSIONS, **{k: str(v) for k, v in (versions or {}).items()}}
     by_name: dict[str, dict[str | None, TaskSpec]] = {}
     for t in rows:
         by_name.setdefault(t.name, {})[t.version] = t

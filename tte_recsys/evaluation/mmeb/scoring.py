@@ -111,10 +111,8 @@ def score_task(
             if not rel:
                 raise ValueError(f"query {i} has no relevant candidate")
             idx = np.arange(len(c)) if lists is None else lists[i]
-            if block is not None:
-                s = block[j] if lists is None else block[j, idx]  # (n,)
-            else:
-                s = c[idx] @ q[i]  # (n,)
+            row = block[j] if block is not None else None  # (C,)
+            s = c[idx] @ q[i] if row is None else row if lists is None else row[idx]  # (n,)
             pos = {int(x): p for p, x in enumerate(idx)} if lists is not None else None
             g = np.zeros(len(idx))
             for cand, grade in rel.items():
