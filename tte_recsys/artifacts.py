@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +34,26 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
+_FAULT_ENV = "TTE_RECSYS_KILL_AT"
+_fault_hits: dict[str, int] = {}
+
+
+def _fault_point(stage: str, path: Path) -> None:
+    """Fault injection for the fault tests (``tests/test_faults.py``): with
+    ``TTE_RECSYS_KILL_AT=<stage>:<glob>[:<n>]`` the process SIGKILLs itself the n-th time (default
+    1) it reaches ``stage`` for a path matching ``glob``. Stages: ``write`` (the temporary file or
+    folder is complete, not yet renamed into place) and ``renamed`` (just after). Unset: nothing."""
+    spec = os.environ.get(_FAULT_ENV)
+    if not spec:
+        return
+    want, pattern, *nth = spec.split(":")
+    if want != stage or not fnmatch.fnmatch(str(path), pattern):
+        return
+    _fault_hits[spec] = _fault_hits.get(spec, 0) + 1
+    if _fault_hits[spec] == int(nth[0] if nth else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ManifestError(ValueError):
     """An output folder does not match its manifest (missing, changed or unlisted file)."""
 
@@ -48,9 +70,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a full disk or a size limit: name the file being written
+            if e.filename is None and e.errno is not None:
+                raise OSError(e.errno, e.strerror, str(final)) from e
+            raise
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
+        _fault_point("write", final)
         os.replace(tmp, final)
+        _fault_point("renamed", final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -67,9 +96,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        _fault_point("write", final)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        _fault_point("renamed", final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -89,7 +120,10 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def write_parquet(path: str | os.PathLike[str], df: pl.DataFrame) -> None:
     """Write a polars frame as parquet, atomically."""
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp)
+        try:
+            df.write_parquet(tmp)
+        except pl.exceptions.PolarsError as e:  # a full disk or a size limit surfaces here, not as OSError
+            raise OSError(f"cannot write {path}: {e}") from e
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
