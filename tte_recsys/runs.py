@@ -105,7 +105,10 @@ def _unknown_key(cfg: DictConfig, key: str) -> str | None:
     for part in key.split("."):
         if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
             return None  # a null, list or free-form value: what it holds is checked where it is read
-        child = node._get_node(part)  # ``in`` is False for a ??? (missing) value, which is a key
+        try:  # not ``in``: it is False for a ??? (missing) value, which is a key
+            child = node._get_node(part)
+        except OmegaConfBaseException:  # struct mode refuses an unknown key
+            child = None
         if child is None:
             where = ".".join(path) or "the top level"
             return f"unknown config key {key!r}: {where} has {sorted(str(k) for k in node)}"

@@ -111,10 +111,22 @@ def load_vectors(out_dir: str | Path) -> ItemVectors:
     """Read an ``embed_items`` output folder after verifying its manifest."""
     d = Path(out_dir)
     m = read_manifest(d, kind="embed_items")
-    df = pl.concat([pl.read_parquet(d / f) for f in sorted(m["files"]) if f.startswith(f"{SHARDS}/")])
-    return ItemVectors(
-        df["item_id"].to_list(),
-        df["vector"].to_numpy().astype(np.float32),
-        str(m["model_id"]),
-        str(m["trace_version"]),
-    )
+    parts = [(f, pl.read_parquet(d / f)) for f in sorted(m["files"]) if f.startswith(f"{SHARDS}/")]
+    if not parts:
+        raise ValueError(f"{d}: no vector shards; expected an embed_items output folder")
+    dims = {f: df.schema["vector"] for f, df in parts}
+    if len(set(dims.values())) > 1:
+        first = parts[0][0]
+        other = next(f for f in dims if dims[f] != dims[first])
+        raise ValueError(
+            f"{d}: shards hold vectors of different dimensions ({first}: {dims[first]}, {other}: {dims[other]})"
+        )
+    df = pl.concat([df for _, df in parts])
+    vectors = df["vector"].to_numpy().astype(np.float32)  # (N, D)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        ids = [df["item_id"][int(i)] for i in bad[:5]]
+        raise ValueError(
+            f"{d}: {len(bad)} vector(s) hold NaN or infinite values (items {ids}); re-run embed_items"
+        )
+    return ItemVectors(df["item_id"].to_list(), vectors, str(m["model_id"]), str(m["trace_version"]))

@@ -136,11 +136,14 @@ def _parse_timestamp(
         if time_format is None and as_int.null_count() == s.null_count():
             parsed = as_int
         else:
-            parsed = (
-                s.str.strip_chars()
-                .str.to_datetime(format=time_format, strict=False, time_unit="us")
-                .dt.epoch("s")
-            )
+            try:
+                parsed = (
+                    s.str.strip_chars()
+                    .str.to_datetime(format=time_format, strict=False, time_unit="us")
+                    .dt.epoch("s")
+                )
+            except pl.exceptions.PolarsError:  # no format fits the text at all: every value is bad
+                parsed = pl.Series(src, [None] * len(s), dtype=pl.Int64)
     else:
         raise DataValidationError(
             f"{source}, column {src!r} ({role}): type {s.dtype}, expected Unix seconds or a date-time"

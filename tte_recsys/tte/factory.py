@@ -67,6 +67,12 @@ def build_embedder(
             raise ValueError(f"embedder.runtime=onnx runs on the CPU; device={device!r} asks for {dev}")
         dev = torch.device("cpu")
     backbone, tok = load_backbone(model_path, dtype=auto_dtype(dtype, dev))
+    limit = getattr(backbone.config, "max_position_embeddings", None)
+    if limit is not None and max_length > int(limit):
+        raise ValueError(
+            f"embedder.max_length={max_length} exceeds what {model_path} can read "
+            f"(max_position_embeddings {limit}); set embedder.max_length <= {limit}"
+        )
     backbone = cast(PreTrainedModel, nn.Module.to(backbone, dev))
     vision = None
     if getattr(backbone.config, "vision_config", None) is not None:
