@@ -1,48 +1,159 @@
-"""The analysis notebooks run, cell by cell, on a tiny train_i2i run (DESIGN.md: notebooks are
-executed by the tests). No Jupyter needed: the code cells are executed in order in one namespace."""
+"""The analysis notebooks run in a real Jupyter kernel (nbclient) on tiny runs: the i2i run
+analysis, which items traces help or hurt, and the MMEB-V2 report against the published scores.
+
+Committed notebooks carry no outputs (``make notebooks`` renders them, with their figures, into
+docs/notebooks/). Each test appends one probe cell that prints, as JSON, the values it checks.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import nbformat
+import polars as pl
 import pytest
-from omegaconf import DictConfig
+from nbclient import NotebookClient
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipelines import train_i2i
+from pipelines import eval_mmeb, train_i2i, train_reasoner
 from tests.helpers import ROOT, tiny_args
+from tte_recsys.runs import load_dataset
+
+_PROBE = "__PROBE__"
 
 
-def run_notebook(path: Path) -> dict[str, Any]:
-    nb = json.loads(path.read_text())
-    for cell in nb["cells"]:
+def run_notebook(
+    path: Path, env: Mapping[str, str], probe: Mapping[str, str], cwd: Path = ROOT
+) -> dict[str, Any]:
+    """Execute ``path`` in a fresh kernel with ``env`` set; return the ``probe`` expressions' values."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
         assert not cell.get("outputs"), f"{path.name}: commit notebooks without outputs"
-    ns: dict[str, Any] = {"__name__": "__main__"}
-    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
-        exec(compile("".join(cell["source"]), f"{path.name}[code cell {i}]", "exec"), ns)
-    return ns
+    body = ", ".join(f"{k!r}: {v}" for k, v in probe.items())
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            f"import json as _json\nprint({_PROBE!r} + _json.dumps({{{body}}}, default=float))"
+        )
+    )
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        ).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+    line = next(x for x in text.splitlines() if x.startswith(_PROBE))
+    return dict(json.loads(line[len(_PROBE) :]))
 
 
-def test_run_analysis_notebook(
-    compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    matplotlib.use("Agg")
+def test_run_analysis_notebook(compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path) -> None:
     cfg = compose_cfg("train_i2i", tiny_args(tiny_qwen_dir))
     report = train_i2i.run(cfg)
-    monkeypatch.setenv("TTE_RUN_DIR", str(cfg.output_dir))
-    ns = run_notebook(ROOT / "notebooks" / "i2i_run_analysis.ipynb")
+    ns = run_notebook(
+        ROOT / "notebooks" / "i2i_run_analysis.ipynb",
+        {"TTE_RUN_DIR": str(cfg.output_dir), "HF_HUB_OFFLINE": "1"},
+        {
+            "mtmh_row": "mtmh_row",
+            "best_base": "best_base",
+            "table_height": "table.height",
+            "recall_ratio": "recall_ratio",
+            "export_gap": "export_gap",
+            "shift_height": "shift.height",
+            "boosts": "boost['boost'].to_list()",
+            "zero_recall": "boost.filter(boost['boost'] == 0.0)['recall'][0]",
+            "heads": "heads",
+            "neighbours": "sorted(neighbours)",
+        },
+    )
     mtmh, k = ns["mtmh_row"], report["eval"]["select_k"]
     rows = report["methods_refit"]  # the headline: refit on train + valid
-    assert mtmh in rows and ns["table"].height == len(rows)
+    assert mtmh in rows and ns["table_height"] == len(rows)
     assert ns["recall_ratio"] == pytest.approx(
         rows[mtmh][f"recall@{k}"] / rows[ns["best_base"]][f"recall@{k}"]
     )
     assert ns["export_gap"] < 1e-4  # the export (the refit model) re-scores to the report's figure
-    assert ns["shift"].height == 3
-    assert set(ns["boost"]["boost"].to_list()) == {0.0, 0.02, 0.05, 0.1, 0.2}
-    zero = ns["boost"].filter(ns["boost"]["boost"] == 0.0)
-    assert zero["recall"][0] == pytest.approx(rows[mtmh][f"recall@{k}"], abs=1e-4)
-    assert ns["heads"] == ["coeng", "semantic"] and set(ns["neighbours"]) == {"coeng", "semantic", "served"}
+    assert ns["shift_height"] == 3
+    assert set(ns["boosts"]) == {0.0, 0.02, 0.05, 0.1, 0.2}
+    assert ns["zero_recall"] == pytest.approx(rows[mtmh][f"recall@{k}"], abs=1e-4)
+    assert ns["heads"] == ["coeng", "semantic"] and ns["neighbours"] == ["coeng", "semantic", "served"]
+
+
+def test_tte_traces_notebook(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    base = [
+        "data=amazon_office",
+        "debug=tiny",
+        "toy=false",
+        "method=score",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    none = compose_cfg(
+        "train_reasoner", [*base, "score_reasoner.model_path=none", f"output_dir={tmp_path / 'none'}"]
+    )
+    train_reasoner.run(none)
+    ids = load_dataset(none.data).items["item_id"].to_list()
+    traces = tmp_path / "traces.parquet"
+    # traces for every other item: the help/hurt split has both kinds of trigger to show
+    pl.DataFrame(
+        {
+            "item_id": ids[::2],
+            "trace": [f"<think>who buys {i}</think> desk supplies, paper" for i in ids[::2]],
+        }
+    ).write_parquet(traces)
+    file_cfg = compose_cfg("train_reasoner", [*base, f"output_dir={tmp_path / 'file'}"])
+    with open_dict(file_cfg):
+        file_cfg.score_reasoner = OmegaConf.create(
+            {"_target_": "tte_recsys.tte.reasoner.backends.FileReasoner", "path": str(traces)}
+        )
+    report = train_reasoner.run(file_cfg)
+    runs = f"none={tmp_path / 'none'};file={tmp_path / 'file'}"
+    ns = run_notebook(
+        ROOT / "notebooks" / "tte_traces.ipynb",
+        {"TTE_TRACE_RUNS": runs, "TTE_TRACE_K": "10", "HF_HUB_OFFLINE": "1"},
+        {
+            "summary": "summary.to_dicts()",
+            "n": "frame.height",
+            "helped": "examples['file'][0].height",
+            "hurt": "examples['file'][1].height",
+        },
+    )
+    by_run = {r["run"]: r for r in ns["summary"]}
+    assert (
+        set(by_run) == {"none", "file"}
+        and by_run["none"]["with a trace"] == 0
+        and by_run["file"]["with a trace"] > 0
+    )
+    assert by_run["file"]["recall@10"] == pytest.approx(report["retrieval"]["test"]["recall@10"])
+    f = by_run["file"]
+    assert f["helped"] + f["hurt"] + f["unchanged"] <= ns["n"] and f["helped"] + f["hurt"] > 0
+    assert ns["helped"] == min(5, f["helped"]) and ns["hurt"] == min(5, f["hurt"])
+
+
+def test_mmeb_report_notebook(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    cfg = compose_cfg("eval_mmeb", ["debug=tiny", f"cache_dir={tmp_path / 'cache'}"])
+    eval_mmeb.run(cfg)
+    report = json.loads((Path(cfg.output_dir) / "report.json").read_text())
+    ns = run_notebook(
+        ROOT / "notebooks" / "mmeb_report.ipynb",
+        {"TTE_MMEB_RUN": str(cfg.output_dir)},
+        {
+            "rows": "table.height",
+            "ours": "table.row(-1, named=True)",
+            "tasks": "tasks.height",
+            "queries": "ranks.height",
+            "top1": "share_top1",
+        },
+    )
+    assert ns["rows"] == 10 and ns["ours"]["model"] == "this run (9 of 78 tasks)"
+    assert ns["ours"]["all"] == pytest.approx(report["overall"]["score"])
+    assert ns["tasks"] == 9 and ns["queries"] == sum(t["queries"] for t in report["tasks"].values())
+    assert 0.0 <= ns["top1"] <= 1.0

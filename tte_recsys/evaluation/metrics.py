@@ -6,7 +6,7 @@ import numpy as np
 
 from tte_recsys.data.split import EvalSet
 
-__all__ = ["cold_share_at_k", "coverage_at_k", "hits", "recall_at_k"]
+__all__ = ["cold_share_at_k", "coverage_at_k", "hits", "per_trigger_recall", "recall_at_k"]
 
 
 def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
@@ -20,13 +20,13 @@ def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
     return found
 
 
-def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> float:
-    """Mean over triggers of (positives in the top-K) / (positives).
+def per_trigger_recall(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> np.ndarray:
+    """(T,) per trigger: (positives in the top-K) / (positives); NaN where it has none counted.
 
     Args:
         evalset: held-out positives.
         topk: (T, K) codes aligned with ``evalset.triggers``.
-        only_cold: count only cold positives, averaging over triggers that have at least one.
+        only_cold: count only cold positives.
     """
     if topk.shape[0] != evalset.num_triggers:
         raise ValueError(f"topk has {topk.shape[0]} rows, expected one per trigger ({evalset.num_triggers})")
@@ -35,8 +35,17 @@ def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> 
     owner = np.repeat(np.arange(evalset.num_triggers), np.diff(evalset.indptr))
     n_pos = np.bincount(owner[keep], minlength=evalset.num_triggers)  # (T,)
     n_hit = np.bincount(owner[keep], weights=h[keep], minlength=evalset.num_triggers)  # (T,)
+    out = np.full(evalset.num_triggers, np.nan)
     has = n_pos > 0
-    return float(np.mean(n_hit[has] / n_pos[has])) if has.any() else float("nan")
+    out[has] = n_hit[has] / n_pos[has]
+    return out
+
+
+def recall_at_k(evalset: EvalSet, topk: np.ndarray, only_cold: bool = False) -> float:
+    """Mean over triggers of (positives in the top-K) / (positives) (:func:`per_trigger_recall`);
+    with ``only_cold``, over the triggers that have a cold positive; NaN when none has."""
+    per = per_trigger_recall(evalset, topk, only_cold)
+    return float(np.nanmean(per)) if (~np.isnan(per)).any() else float("nan")
 
 
 def coverage_at_k(topk: np.ndarray, num_items: int) -> float:

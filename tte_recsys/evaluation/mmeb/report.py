@@ -3,9 +3,13 @@ tasks with what is missing, and the tie rule and versions scored."""
 
 from __future__ import annotations
 
+import json
+from importlib.resources import files
 from typing import Any
 
-__all__ = ["render_report"]
+import polars as pl
+
+__all__ = ["against_published", "published_scores", "render_report"]
 
 _MODS = ("image", "video", "visdoc")
 
@@ -63,3 +67,26 @@ def render_report(r: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {k}: {n}" for k, n in notes]
     return "\n".join(lines) + "\n"
+
+
+def published_scores() -> pl.DataFrame:
+    """The published scores of docs/notes/mmeb_v2.md: model, image, video, visdoc, all (percent)."""
+    raw = json.loads(
+        files("tte_recsys.evaluation.mmeb").joinpath("published.json").read_text(encoding="utf-8")
+    )
+    return pl.DataFrame(
+        raw["models"],
+        schema={"model": pl.String, **dict.fromkeys(("image", "video", "visdoc", "all"), pl.Float64)},
+    )
+
+
+def against_published(report: dict[str, Any], name: str = "this run") -> pl.DataFrame:
+    """A run's modality and overall scores as one more row of :func:`published_scores`, with the
+    number of tasks behind each (the published rows are over all 78)."""
+    mods = report["modalities"]
+    ours = {
+        "model": f"{name} ({report['overall']['tasks']} of 78 tasks)",
+        **{m: mods.get(m, {}).get("score") for m in _MODS},
+        "all": report["overall"]["score"],
+    }
+    return pl.concat([published_scores(), pl.DataFrame([ours], schema=published_scores().schema)])
