@@ -24,8 +24,8 @@ __all__ = ["trace_effects"]
 
 def _split_of(run: Path) -> tuple[object, TemporalSplit, list[str], dict[str, str]]:
     cfg = OmegaConf.load(run / "config.yaml")
-    ds = load_dataset(cfg.data)  # type: ignore[arg-type]
-    pairs_cfg, split_cfg, _ = data_configs(cfg.data)  # type: ignore[arg-type]
+    ds = load_dataset(cfg.data)
+    pairs_cfg, split_cfg, _ = data_configs(cfg.data)
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces_dir = run / "score" / "traces"
     traces = load_trace_texts(traces_dir, items)[0] if (traces_dir / "manifest.json").is_file() else {}
