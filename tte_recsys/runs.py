@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -88,10 +88,12 @@ def cli(run: Callable[[DictConfig], T], cfg: DictConfig, show: Callable[[T], obj
         result = run(cfg)
         if show is not None:
             show(result)
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (ValueError, OSError, RuntimeError, InstantiationException) as e:  # USER_ERRORS, or wrapped
+        # a component that refused its config (built by hydra.utils.instantiate) carries the reason
+        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(cause, USER_ERRORS):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         print("(HYDRA_FULL_ERROR=1 shows the full trace)", file=sys.stderr)
         raise SystemExit(2) from None
     finally:

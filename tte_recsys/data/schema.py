@@ -142,8 +142,8 @@ def _parse_timestamp(
                     .str.to_datetime(format=time_format, strict=False, time_unit="us")
                     .dt.epoch("s")
                 )
-            except pl.exceptions.PolarsError:  # no format fits the text at all: every value is bad
-                parsed = pl.Series(src, [None] * len(s), dtype=pl.Int64)
+            except pl.exceptions.PolarsError:  # no date format fits the text: only integers parse
+                parsed = as_int
     else:
         raise DataValidationError(
             f"{source}, column {src!r} ({role}): type {s.dtype}, expected Unix seconds or a date-time"
