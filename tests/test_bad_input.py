@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -433,38 +434,46 @@ def test_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("case", "module", "args", "message"), CASES, ids=[c[0] for c in CASES])
+@pytest.fixture(scope="module")
+def outcomes(
+    shared: dict[str, Path], tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
+    """Every case's command run, three at a time (each is mostly interpreter start-up)."""
+    jobs = []
+    for case, module, args, _ in CASES:
+        tmp = tmp_path_factory.mktemp("case")
+        out = tmp / "out"
+        c = Ctx(
+            tmp,
+            out,
+            tiny_qwen_dir,
+            shared["vectors"],
+            shared["bundle"],
+            shared["run"],
+            shared["mmeb"],
+            shared["vl"],
+        )
+        argv = args(c)
+        if (
+            not any(a.startswith(("output_dir=", "hydra.run.dir=")) for a in argv)
+            and module != "pipelines.query"
+        ):
+            argv.append(f"hydra.run.dir={out}")
+        jobs.append((case, [sys.executable, "-m", module, *argv], tmp, out))
+
+    def run(job: tuple[str, list[str], Path, Path]) -> tuple[str, subprocess.CompletedProcess[str], Path]:
+        case, cmd, tmp, out = job
+        return case, subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900), out
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return {case: (r, out) for case, r, out in pool.map(run, jobs)}
+
+
+@pytest.mark.parametrize(("case", "message"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_message_and_leaves_nothing_finished(
-    shared: dict[str, Path],
-    tiny_qwen_dir: Path,
-    tmp_path: Path,
-    case: str,
-    module: str,
-    args: Callable[[Ctx], list[str]],
-    message: str,
+    outcomes: dict[str, tuple[subprocess.CompletedProcess[str], Path]], case: str, message: str
 ) -> None:
-    out = tmp_path / "out"
-    c = Ctx(
-        tmp_path,
-        out,
-        tiny_qwen_dir,
-        shared["vectors"],
-        shared["bundle"],
-        shared["run"],
-        shared["mmeb"],
-        shared["vl"],
-    )
-    argv = args(c)
-    if not any(a.startswith(("output_dir=", "hydra.run.dir=")) for a in argv) and module != "pipelines.query":
-        argv.append(f"hydra.run.dir={out}")
-    r = subprocess.run(
-        [sys.executable, "-m", module, *argv],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r, out = outcomes[case]
     assert r.returncode != 0, f"{case}: exited 0\n{r.stdout[-2000:]}"
     assert re.search(message, r.stderr, re.S), f"{case}: message not found\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, f"{case}: a traceback reached the user\n{r.stderr[-3000:]}"

@@ -114,6 +114,13 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def traces_full(trace_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("traces_full")
+    assert _run("pipelines.generate_traces", _trace_args(trace_file, d / "cache")(d / "full")).returncode == 0
+    return d / "full"
+
+
 def _trace_args(traces: Path, cache: Path) -> Callable[[Path], list[str]]:
     return lambda out: [
         "data=amazon_office",
@@ -132,13 +139,9 @@ def _trace_args(traces: Path, cache: Path) -> Callable[[Path], list[str]]:
     ["renamed:*cache/part-rank0-*:2", "write:*killed/traces.parquet", "write:*killed/manifest.json"],
 )
 def test_generate_traces_killed_then_resumed_equals_uninterrupted(
-    trace_file: Path, tmp_path: Path, kill_at: str
+    trace_file: Path, traces_full: Path, tmp_path: Path, kill_at: str
 ) -> None:
-    full = tmp_path / "full"
-    assert (
-        _run("pipelines.generate_traces", _trace_args(trace_file, tmp_path / "full_cache")(full)).returncode
-        == 0
-    )
+    full = traces_full
     out = _kill_then_rerun(
         "pipelines.generate_traces",
         _trace_args(trace_file, tmp_path / "cache"),
@@ -155,6 +158,14 @@ def test_generate_traces_killed_then_resumed_equals_uninterrupted(
 def mmeb_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("mmeb")
     return make_synthetic_root(d / "root"), build_tiny_qwen2_vl(d / "vl")
+
+
+@pytest.fixture(scope="module")
+def mmeb_full(mmeb_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mmeb_full")
+    root, model = mmeb_inputs
+    assert _run("pipelines.eval_mmeb", _mmeb_args(root, model, d / "cache")(d / "full")).returncode == 0
+    return d / "full"
 
 
 def _mmeb_args(root: Path, model: Path, cache: Path, *extra: str) -> Callable[[Path], list[str]]:
@@ -180,16 +191,22 @@ def _mmeb_args(root: Path, model: Path, cache: Path, *extra: str) -> Callable[[P
     ],
 )
 def test_eval_mmeb_killed_then_resumed_equals_uninterrupted(
-    mmeb_inputs: tuple[Path, Path], tmp_path: Path, kill_at: str
+    mmeb_inputs: tuple[Path, Path], mmeb_full: Path, tmp_path: Path, kill_at: str
 ) -> None:
     root, model = mmeb_inputs
-    full = tmp_path / "full"
-    assert _run("pipelines.eval_mmeb", _mmeb_args(root, model, tmp_path / "full_cache")(full)).returncode == 0
+    full = mmeb_full
     out = _kill_then_rerun(
         "pipelines.eval_mmeb", _mmeb_args(root, model, tmp_path / "cache"), tmp_path, kill_at, "eval_mmeb"
     )
     data = lambda rel: rel in ("report.json", "report.md") or rel.startswith("predictions/")  # noqa: E731
     assert _digests(out, data) == _digests(full, data) and len(_digests(out, data)) == 11
+
+
+@pytest.fixture(scope="module")
+def reasoner_full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    full = tmp_path_factory.mktemp("reasoner") / "full"
+    assert _run("pipelines.train_reasoner", _train_reasoner_args(full)).returncode == 0
+    return full
 
 
 def _train_reasoner_args(out: Path) -> list[str]:
@@ -198,10 +215,9 @@ def _train_reasoner_args(out: Path) -> list[str]:
 
 @pytest.mark.parametrize("kill_at", ["write:*killed/export", "write:*killed/manifest.json"])
 def test_train_reasoner_killed_at_its_export_then_resumed_equals_uninterrupted(
-    tmp_path: Path, kill_at: str
+    reasoner_full: Path, tmp_path: Path, kill_at: str
 ) -> None:
-    full = tmp_path / "full"
-    assert _run("pipelines.train_reasoner", _train_reasoner_args(full)).returncode == 0
+    full = reasoner_full
     out = tmp_path / "killed"
     r = _run("pipelines.train_reasoner", _train_reasoner_args(out), kill_at)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
