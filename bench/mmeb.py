@@ -40,7 +40,9 @@ _LABELS = {"K700": 700, "HMDB51": 51, "UCF101": 101, "Breakfast": 10, "SmthSmthV
 def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        name = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()
     return f"{name}, {torch.get_num_threads()} threads"
@@ -59,7 +61,9 @@ def encoding(model: str, queries: int, batch: int) -> None:
         emb.encode(["warm up"] * 8)
         t0 = time.perf_counter()
         for label, side, entries in inputs:
-            job = SideJob(label, side, entries, [e.text for e in entries], Path(d) / "cache", "f" * 64, "none", 256)
+            job = SideJob(
+                label, side, entries, [e.text for e in entries], Path(d) / "cache", "f" * 64, "none", 256
+            )
             encode_side(job, emb, batch)
         ours = n / (time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -105,7 +109,11 @@ def scoring(dim: int) -> None:
         c = rng.normal(size=(max(n_c, 1), dim)).astype(np.float32)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         c /= np.linalg.norm(c, axis=1, keepdims=True)
-        lists = None if per_query is None else [rng.choice(n_c, per_query, replace=False) for _ in range(t.queries)]
+        lists = (
+            None
+            if per_query is None
+            else [rng.choice(n_c, per_query, replace=False) for _ in range(t.queries)]
+        )
         pos = [int(x[0]) for x in lists] if lists is not None else list(rng.integers(0, n_c, t.queries))
         rel = [{p: 1.0} for p in pos]
         t0 = time.perf_counter()

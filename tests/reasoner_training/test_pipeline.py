@@ -203,3 +203,15 @@ def test_every_section_of_the_config_builds(compose_cfg) -> None:  # type: ignor
         assert from_mapping(RestrainSettings, cfg.restrain, "restrain").kappa >= 1
         assert from_mapping(SftSettings, {k: v for k, v in cfg.sft.items() if k != "teacher"}, "sft").n >= 2
         assert from_mapping(UnifiedSettings, cfg.unified, "unified").layers == 1
+
+
+def test_vllm_rollouts_are_refused_without_a_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the vLLM server mode is allowed here")
+    r = train_reasoner(
+        tmp_path / "out", "method=eg_rl", "train.vllm_server=http://127.0.0.1:8000", check=False
+    )
+    assert (
+        r.returncode == 2
+        and "train.vllm_server='http://127.0.0.1:8000': vLLM rollouts need a GPU node" in r.stderr
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback
@@ -90,8 +91,16 @@ def grpo_args(
 ) -> GRPOConfig:
     """TRL's config for one generation (and one optimizer step) per step, checkpoints every
     ``ckpt_every`` steps under ``out``, no shuffling (the rows are ordered already)."""
+    vllm: dict[str, Any] = {}
+    if s.vllm_server:  # rollouts from a `trl vllm-serve` process on a GPU node (docs/design.md)
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"train.vllm_server={s.vllm_server!r}: vLLM rollouts need a GPU node; leave it null on a CPU"
+            )
+        vllm = {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": s.vllm_server}
     return GRPOConfig(
         **trainer_args(s, out),
+        **vllm,
         warmup_steps=0,
         per_device_train_batch_size=prompts_per_step * s.num_generations,
         steps_per_generation=1,

@@ -67,6 +67,8 @@ class PolicySettings:
         ckpt_every: steps between checkpoints (``resume=true`` continues from the last).
         sft_batch_size, sft_epochs: SFT's batch and passes over its traces.
         seed: of sampling, data order and initialisation.
+        vllm_server: GRPO rollouts from a ``trl vllm-serve`` server at this base URL (TRL's server
+            mode, GPU nodes only; None: the policy generates them itself).
     """
 
     steps: int = 60
@@ -87,6 +89,7 @@ class PolicySettings:
     sft_batch_size: int = 8
     sft_epochs: int = 1
     seed: int = 0
+    vllm_server: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -106,7 +109,8 @@ class PolicySettings:
 
 def trainer_args(s: PolicySettings, out: Path) -> dict[str, Any]:
     """The Trainer arguments GRPO and SFT share: steps, lr (constant), checkpoints every
-    ``ckpt_every`` under ``out``, a log per step, fp32 on the CPU without a GPU, our progress bar."""
+    ``ckpt_every`` under ``out``, a log per step, fp32 on the CPU (bf16 on a GPU that has it), our
+    progress bar."""
     import torch
 
     return {
@@ -116,7 +120,7 @@ def trainer_args(s: PolicySettings, out: Path) -> dict[str, Any]:
         "lr_scheduler_type": "constant",
         "gradient_accumulation_steps": 1,
         "use_cpu": not torch.cuda.is_available(),
-        "bf16": False,
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "gradient_checkpointing": False,
         "save_strategy": "steps",
         "save_steps": s.ckpt_every,

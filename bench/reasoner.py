@@ -1,0 +1,107 @@
+"""Reasoner training speed: the EG-RL training loop (TRL GRPOTrainer with the embedder reward,
+symmetric rollouts, backward and optimizer step) against plain batched ``generate`` of the same
+model, prompts and lengths, in the same run. Prints GRPO steps/s, rollout traces/s of each, the
+ratio, and the peak RSS of the process.
+
+    python bench/reasoner.py [--model toy|smollm2|DIR] [--steps 6] [--pairs 4] [--g 4] [--tokens 32]
+
+``toy`` is the toy task's tiny Llama policy and its toy embedder (seconds); ``smollm2`` is
+SmolLM2-135M-Instruct (``make smollm2``) with MiniLM as the reward's embedder, on toy prompts
+(about a minute a step on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tte_recsys.reasoner_training.grpo import eg_rl_rows, train_grpo
+from tte_recsys.reasoner_training.policy import PolicySettings, load_policy
+from tte_recsys.reasoner_training.rewards import EmbedderReward, RewardSettings
+from tte_recsys.reasoner_training.toy import build_toy_models, toy_task
+from tte_recsys.tte.factory import build_embedder
+from tte_recsys.tte.lora import LoraSettings
+from tte_recsys.tte.reasoner.prompts import get_template
+
+
+def cpu_name() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name")), "?")
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="toy")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--g", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=32)
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    template = get_template("item_card")
+    with tempfile.TemporaryDirectory() as d:
+        policy_dir, embedder_dir = build_toy_models(Path(d) / "toy")
+        if a.model == "smollm2":
+            policy_dir, embedder_dir = Path("models/smollm2-135m-instruct"), Path("minilm")
+        elif a.model != "toy":
+            policy_dir = Path(a.model)
+        s = PolicySettings(
+            steps=a.steps,
+            pairs_per_step=a.pairs,
+            num_generations=a.g,
+            max_completion_length=a.tokens,
+            min_completion_length=a.tokens,  # every rollout the full length: both sides write the same tokens
+            lora=True,
+            learning_rate=1e-4,
+            ckpt_every=10_000,
+        )
+        reward = EmbedderReward(
+            build_embedder(str(embedder_dir), pooling="mean", max_length=128), RewardSettings()
+        )
+        task = toy_task(16, 0)
+        rows = eg_rl_rows(task.pairs(max(64, a.steps * a.pairs), 0), template, s)
+        policy, tok = load_policy(str(policy_dir))
+        per_step = 2 * a.pairs * a.g  # EG-RL: both sides of each pair, G rollouts each
+        t0 = time.perf_counter()
+        train_grpo("eg_rl", policy, tok, rows, reward, s, LoraSettings(), Path(d) / "ckpt", False)
+        train_s = time.perf_counter() - t0
+
+        # the peer: the same model generating the same number of traces of the same length, batched
+        policy, tok = load_policy(str(policy_dir))
+        tok.padding_side = "left"
+        prompts = [
+            tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+            for r in rows[: 2 * a.pairs]
+        ]
+        batch = tok(prompts, return_tensors="pt", padding=True)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(a.steps):
+                policy.generate(
+                    **batch,
+                    do_sample=True,
+                    num_return_sequences=a.g,
+                    max_new_tokens=a.tokens,
+                    min_new_tokens=a.tokens,
+                    pad_token_id=tok.pad_token_id,
+                )
+        gen_s = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ours, peer = a.steps * per_step / train_s, a.steps * per_step / gen_s
+    print(f"# bench/reasoner.py on {cpu_name()}, torch {torch.__version__}, model {a.model}")
+    print(f"{a.steps} steps x {per_step} rollouts of {a.tokens} tokens (pairs {a.pairs} x 2 sides x G {a.g})")
+    print(f"  GRPO training loop: {a.steps / train_s:.3f} steps/s, {ours:.1f} traces/s")
+    print(f"  plain batched generate: {peer:.1f} traces/s")
+    print(f"  ratio (training loop / generate): {ours / peer:.2f}x   peak RSS {rss_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
