@@ -24,3 +24,17 @@ def test_bars_redraw_rarely_into_a_log_and_as_usual_on_a_terminal(monkeypatch: p
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     assert progress(range(3), file=term).mininterval == 0.1  # tqdm's own default
+
+
+def test_inside_a_kernel_bars_keep_tqdms_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook kernel's stderr is no terminal, yet its bars are widgets that should move; an
+    imported ipykernel (jupyter_client imports it) without a running kernel changes nothing."""
+    import types
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert progress(range(3), file=log).mininterval == LOG_INTERVAL_S
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert progress(range(3), file=log).mininterval == 0.1

@@ -19,8 +19,15 @@ __all__ = ["LOG_INTERVAL_S", "progress"]
 LOG_INTERVAL_S = 30.0
 
 
+def _in_kernel() -> bool:
+    """Running inside a Jupyter kernel (ipykernel merely imported, as jupyter_client does, is not)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm[Any]:
     """``tqdm(iterable, **kwargs)``, with ``mininterval`` 30 s when stderr is not a terminal."""
-    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+    if not sys.stderr.isatty() and not _in_kernel():
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
     return tqdm(iterable, **kwargs)
