@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from tte_recsys.evaluation.mmeb.encode import SideJob, encode_side
 from tte_recsys.evaluation.mmeb.readers import ReadSettings, read_task
@@ -35,17 +34,6 @@ from tte_recsys.tte.tiny import build_tiny_qwen2_vl
 # candidates per query (local) or per task (global) where the notes give no count: ours, realistic
 _CANDIDATES = {"image": 1000, "visdoc": 1000, "video_ret": 1000, "video_qa": 5, "video_mret": 10}
 _LABELS = {"K700": 700, "HMDB51": 51, "UCF101": 101, "Breakfast": 10, "SmthSmthV2": 174}
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def encoding(model: str, queries: int, batch: int) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 from tte_recsys.reasoner_training.grpo import eg_rl_rows, train_grpo
 from tte_recsys.reasoner_training.policy import PolicySettings, load_policy
@@ -29,12 +29,6 @@ from tte_recsys.reasoner_training.toy import build_toy_models, toy_task
 from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.lora import LoraSettings
 from tte_recsys.tte.reasoner.prompts import get_template
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name")), "?")
-    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

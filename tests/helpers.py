@@ -268,3 +268,84 @@ def embed_overrides(model: Path, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}",
         *extra,
     ]
+
+
+class ScriptedJSONServer:
+    """A real HTTP server on 127.0.0.1 (a thread per request) for backends that talk to an
+    OpenAI-compatible server: every POST body is recorded; ``script`` lists (status, headers)
+    failures to serve first; otherwise :meth:`answer` gives the JSON reply. ``max_in_flight``
+    counts concurrent requests (released before the reply leaves: a client may send its next
+    request at once). ``url`` ends in ``/v1``; ``start``/``stop`` run it in a daemon thread."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from typing import Any
+
+        self.script: list[tuple[int, dict[str, str]]] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.delay_s, self.in_flight, self.max_in_flight = 0.0, 0, 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.bodies.append(body)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    step = outer.script.pop(0) if outer.script else None
+                counted = True
+                try:
+                    time.sleep(outer.delay_s)
+                    if step is not None:
+                        self.send_response(step[0])
+                        for k, v in step[1].items():
+                            self.send_header(k, v)
+                        self.end_headers()
+                        self.wfile.write(b'{"error": "scripted"}')
+                        return
+                    payload = json.dumps(outer.answer(body)).encode()
+                    with outer.lock:
+                        outer.in_flight -= 1
+                        counted = False
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    if counted:
+                        with outer.lock:
+                            outer.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def answer(self, body: dict) -> dict:  # type: ignore[type-arg]
+        raise NotImplementedError
+
+    def start(self) -> None:
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+def mmeb_args(root: Path, model: Path, cache: Path, *extra: str) -> list[str]:
+    """eval_mmeb overrides: a local root, a (tiny) vision-language model as the embedder with
+    last-token pooling in PyTorch, an embedding cache folder, then ``extra``."""
+    return [
+        f"root={root}",
+        f"embedder.model_path={model}",
+        "embedder.pooling=last",
+        "embedder.runtime=torch",
+        f"cache_dir={cache}",
+        *extra,
+    ]

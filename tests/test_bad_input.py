@@ -22,7 +22,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pipelines import embed_items, export_faiss, train_i2i
-from tests.helpers import CONFIG_DIR, ENV, ROOT, embed_overrides, tiny_args
+from tests.helpers import CONFIG_DIR, ENV, ROOT, embed_overrides, mmeb_args, tiny_args
 from tte_recsys.artifacts import write_manifest
 from tte_recsys.evaluation.mmeb.synthetic import make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -87,15 +87,7 @@ _LOG = "user_id,item_id,timestamp\nu,1,10\nu,2,11\nv,2,12\nv,3,13\n"
 
 
 def _mmeb(c: Ctx, root: Path, task: str, *extra: str) -> list[str]:
-    return [
-        f"root={root}",
-        f"embedder.model_path={c.vl}",
-        "embedder.pooling=last",
-        "embedder.runtime=torch",
-        f"cache_dir={c.tmp / 'cache'}",
-        f"tasks=[{task}]",
-        *extra,
-    ]
+    return mmeb_args(root, c.vl, c.tmp / "cache", f"tasks=[{task}]", *extra)
 
 
 def _broken_mmeb(c: Ctx, rel: str, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.helpers import ENV, ROOT, embed_overrides
+from tests.helpers import ENV, ROOT, embed_overrides, mmeb_args
 from tte_recsys.artifacts import ManifestError, read_manifest
 from tte_recsys.evaluation.mmeb.synthetic import SYNTHETIC_TASKS, make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -169,16 +169,10 @@ def mmeb_full(mmeb_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathF
 
 
 def _mmeb_args(root: Path, model: Path, cache: Path, *extra: str) -> Callable[[Path], list[str]]:
-    return lambda out: [
-        f"root={root}",
-        f"embedder.model_path={model}",
-        "embedder.pooling=last",
-        "embedder.runtime=torch",
-        f"cache_dir={cache}",
-        f"tasks=[{','.join(SYNTHETIC_TASKS)}]",
-        f"hydra.run.dir={out}",
-        *(extra or ("shard_size=2",)),
-    ]
+    tasks = f"tasks=[{','.join(SYNTHETIC_TASKS)}]"
+    return lambda out: mmeb_args(
+        root, model, cache, tasks, f"hydra.run.dir={out}", *(extra or ("shard_size=2",))
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import eval_mmeb
-from tests.helpers import finish, launch
+from tests.helpers import finish, launch, mmeb_args
 from tte_recsys.evaluation.mmeb.data import MMEBDataError
 from tte_recsys.evaluation.mmeb.synthetic import SYNTHETIC_TASKS, make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -35,15 +35,7 @@ def vl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(root: Path, model: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        f"root={root}",
-        f"embedder.model_path={model}",
-        "embedder.pooling=last",
-        "embedder.runtime=torch",
-        f"cache_dir={cache}",
-        f"tasks=[{','.join(SYNTHETIC_TASKS)}]",
-        *extra,
-    ]
+    return mmeb_args(root, model, cache, f"tasks=[{','.join(SYNTHETIC_TASKS)}]", *extra)
 
 
 def _report(out: Path) -> dict[str, Any]:

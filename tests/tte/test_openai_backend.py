@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import ScriptedJSONServer
 from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, TraceRequest
 from tte_recsys.tte.reasoner.openai_backend import ClientSettings, OpenAIReasoner, RequestFailed
 from tte_recsys.tte.reasoner.prompts import get_template
@@ -19,76 +17,31 @@ from tte_recsys.tte.reasoner.prompts import get_template
 T = get_template("item_card")
 
 
-class FakeVLLM:
-    """An OpenAI-compatible chat-completions server; ``script`` lists failures to serve first."""
+class FakeVLLM(ScriptedJSONServer):
+    """An OpenAI-compatible chat-completions server answered by the tiny Qwen2."""
 
     def __init__(self, model: HFReasoner) -> None:
-        self.model, self.script, self.bodies = model, [], []  # type: ignore[var-annotated]
-        self.delay_s, self.in_flight, self.max_in_flight = 0.0, 0, 0
-        self.lock = threading.Lock()
-        outer = self
+        super().__init__()
+        self.model = model
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.bodies.append(body)
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                    step = outer.script.pop(0) if outer.script else None
-                counted = True
-                try:
-                    time.sleep(outer.delay_s)
-                    if step is not None:
-                        code, headers = step
-                        self.send_response(code)
-                        for k, v in headers.items():
-                            self.send_header(k, v)
-                        self.end_headers()
-                        self.wfile.write(b'{"error": "scripted"}')
-                        return
-                    msgs = [
-                        {
-                            "role": m["role"],
-                            "content": m["content"]
-                            if isinstance(m["content"], str)
-                            else m["content"][0]["text"],
-                        }
-                        for m in body["messages"]
-                    ]
-                    text = outer.model.generate([TraceRequest("x", msgs)])[0]
-                    with (
-                        outer.lock
-                    ):  # done before the reply leaves: the client may send its next request at once
-                        outer.in_flight -= 1
-                        counted = False
-                    payload = json.dumps(
-                        {"choices": [{"message": {"role": "assistant", "content": text}}]}
-                    ).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                finally:
-                    if counted:
-                        with outer.lock:
-                            outer.in_flight -= 1
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        msgs = [
+            {
+                "role": m["role"],
+                "content": m["content"] if isinstance(m["content"], str) else m["content"][0]["text"],
+            }
+            for m in body["messages"]
+        ]
+        text = self.model.generate([TraceRequest("x", msgs)])[0]
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
 
 
 @pytest.fixture
 def server(tiny_qwen_dir: Path) -> Iterator[FakeVLLM]:
     s = FakeVLLM(HFReasoner(str(tiny_qwen_dir), GenerationSettings(max_new_tokens=6, do_sample=True, seed=1)))
-    t = threading.Thread(target=s.server.serve_forever, daemon=True)
-    t.start()
+    s.start()
     yield s
-    s.server.shutdown()
+    s.stop()
 
 
 def _client(s: FakeVLLM, **kw: Any) -> OpenAIReasoner:

@@ -9,7 +9,6 @@ import json
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import eval_mmeb
+from tests.helpers import ScriptedJSONServer
 from tte_recsys.evaluation.mmeb.synthetic import make_synthetic_root
 from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.factory import build_embedder
@@ -26,49 +26,17 @@ from tte_recsys.tte.openai_embedder import OpenAIEmbedder
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
 
 
-class EmbeddingServer:
+class EmbeddingServer(ScriptedJSONServer):
     """``POST /v1/embeddings``: ``input`` (texts) or chat ``messages`` (images as data URLs + text),
-    answered by a local :class:`Embedder`; ``script`` lists (status, headers) failures to serve first."""
+    answered by a local :class:`Embedder` (one request at a time through the model)."""
 
     def __init__(self, emb: Embedder) -> None:
-        self.emb, self.script, self.bodies = emb, [], []  # type: ignore[var-annotated]
-        self.in_flight = self.max_in_flight = 0
-        self.lock, self.model_lock = threading.Lock(), threading.Lock()
-        outer = self
+        super().__init__()
+        self.emb, self.model_lock = emb, threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.bodies.append(body)
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                    step = outer.script.pop(0) if outer.script else None
-                try:
-                    if step is not None:
-                        self.send_response(step[0])
-                        for k, v in step[1].items():
-                            self.send_header(k, v)
-                        self.end_headers()
-                        self.wfile.write(b'{"error": "scripted"}')
-                        return
-                    vecs = outer.embed(body)
-                    payload = {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
-                    data = json.dumps(payload).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        vecs = self.embed(body)
+        return {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
 
     def embed(self, body: dict[str, Any]) -> np.ndarray:
         with self.model_lock:
@@ -93,10 +61,9 @@ def vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def server(vl_dir: Path) -> Iterator[EmbeddingServer]:
     s = EmbeddingServer(build_embedder(str(vl_dir), pooling="last", runtime="torch"))
-    t = threading.Thread(target=s.httpd.serve_forever, daemon=True)
-    t.start()
+    s.start()
     yield s
-    s.httpd.shutdown()
+    s.stop()
 
 
 def _fast(**kw: Any) -> ClientSettings:
