@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.helpers import ENV, ROOT, embed_overrides, mmeb_args
+from tests.helpers import ENV, ROOT, embed_overrides, mmeb_args, tiny_args
 from tte_recsys.artifacts import ManifestError, read_manifest
 from tte_recsys.evaluation.mmeb.synthetic import SYNTHETIC_TASKS, make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -220,6 +220,39 @@ def test_train_reasoner_killed_at_its_export_then_resumed_equals_uninterrupted(
     assert r.returncode == 0, r.stderr[-3000:]
     weights = lambda rel: rel.startswith("export/") and rel.endswith(".safetensors")  # noqa: E731
     assert _digests(out, weights) == _digests(full, weights) and _digests(out, weights)
+
+
+@pytest.fixture(scope="module")
+def bundle_full(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny train_i2i run and its bundle, exported without interruption."""
+    d = tmp_path_factory.mktemp("bundle")
+    r = _run("pipelines.train_i2i", [*tiny_args(tiny_qwen_dir), f"hydra.run.dir={d / 'run'}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _run("pipelines.export_faiss", _export_args(d / "run")(d / "full")).returncode == 0
+    return d / "run", d / "full"
+
+
+def _export_args(run: Path) -> Callable[[Path], list[str]]:
+    return lambda out: ["debug=tiny", f"model_dir={run}", "shard_size=64", f"output_dir={out}"]
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "write:*killed/coeng.faiss",
+        "renamed:*killed/vectors/shards/part-00000.parquet",
+        "write:*killed/manifest.json",
+    ],
+)
+def test_export_faiss_killed_then_resumed_equals_uninterrupted(
+    bundle_full: tuple[Path, Path], tmp_path: Path, kill_at: str
+) -> None:
+    run, full = bundle_full
+    out = _kill_then_rerun("pipelines.export_faiss", _export_args(run), tmp_path, kill_at, "faiss_bundle")
+    data = lambda rel: rel.endswith((".faiss", ".parquet"))  # noqa: E731
+    assert _digests(out, data) == _digests(full, data) and any(
+        r.endswith(".faiss") for r in _digests(out, data)
+    )
 
 
 _NO_HYDRA_FILES = [
