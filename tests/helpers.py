@@ -349,3 +349,25 @@ def mmeb_args(root: Path, model: Path, cache: Path, *extra: str) -> list[str]:
         f"cache_dir={cache}",
         *extra,
     ]
+
+
+def run_module(
+    module: str,
+    args: list[str],
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` as a user runs it (ENV plus ``env``), output captured, never raising
+    on a non-zero exit: the tests read its status and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
+        check=False,
+    )

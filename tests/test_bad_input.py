@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pipelines import embed_items, export_faiss, train_i2i
-from tests.helpers import CONFIG_DIR, ENV, ROOT, embed_overrides, mmeb_args, tiny_args
+from tests.helpers import CONFIG_DIR, embed_overrides, mmeb_args, run_module, tiny_args
 from tte_recsys.artifacts import write_manifest
 from tte_recsys.evaluation.mmeb.synthetic import make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -451,11 +450,13 @@ def outcomes(
             and module != "pipelines.query"
         ):
             argv.append(f"hydra.run.dir={out}")
-        jobs.append((case, [sys.executable, "-m", module, *argv], tmp, out))
+        jobs.append((case, module, argv, tmp, out))
 
-    def run(job: tuple[str, list[str], Path, Path]) -> tuple[str, subprocess.CompletedProcess[str], Path]:
-        case, cmd, tmp, out = job
-        return case, subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900), out
+    def run(
+        job: tuple[str, str, list[str], Path, Path],
+    ) -> tuple[str, subprocess.CompletedProcess[str], Path]:
+        case, module, argv, tmp, out = job
+        return case, run_module(module, argv, cwd=tmp, timeout=900), out
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         return {case: (r, out) for case, r, out in pool.map(run, jobs)}
@@ -473,12 +474,10 @@ def test_bad_input_is_one_clear_message_and_leaves_nothing_finished(
 
 
 def test_hydra_full_error_keeps_the_trace(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "pipelines.eval_mmeb", "root=/nowhere/mmeb", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        env={**ENV, "HYDRA_FULL_ERROR": "1"},
-        capture_output=True,
-        text=True,
+    r = run_module(
+        "pipelines.eval_mmeb",
+        ["root=/nowhere/mmeb", f"hydra.run.dir={tmp_path}"],
+        env={"HYDRA_FULL_ERROR": "1"},
         timeout=300,
     )
     assert (

@@ -14,14 +14,13 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.helpers import ENV, ROOT, embed_overrides, mmeb_args, tiny_args
+from tests.helpers import embed_overrides, mmeb_args, run_module, tiny_args
 from tte_recsys.artifacts import ManifestError, read_manifest
 from tte_recsys.evaluation.mmeb.synthetic import SYNTHETIC_TASKS, make_synthetic_root
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
@@ -32,19 +31,7 @@ pytestmark = pytest.mark.slow
 def _run(
     module: str, args: list[str], kill_at: str | None = None, preexec: Callable[[], None] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(ENV)
-    env.pop("TTE_RECSYS_KILL_AT", None)
-    if kill_at:
-        env["TTE_RECSYS_KILL_AT"] = kill_at
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=preexec,
-    )
+    return run_module(module, args, env={"TTE_RECSYS_KILL_AT": kill_at or ""}, preexec=preexec)
 
 
 def _digests(out: Path, keep: Callable[[str], bool]) -> dict[str, str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from omegaconf import DictConfig
 
 from pipelines import evaluate, prepare_data
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_module
 from tte_recsys.artifacts import read_manifest
 
 METHODS = {"popularity", "cooccurrence", "item_knn", "ease"}
@@ -53,16 +51,7 @@ def test_evaluate_rejects_tampered_prepared_dir(compose_cfg: Callable[..., DictC
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_module(args[0], args[1:], cwd=cwd, timeout=300)
 
 
 def test_cli_evaluate_tiny_prints_table(tmp_path: Path) -> None:

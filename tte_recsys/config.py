@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["EvalConfig", "LabelConfig", "PairConfig", "SplitConfig", "from_mapping"]
+__all__ = ["EvalConfig", "LabelConfig", "PairConfig", "SplitConfig", "from_mapping", "settings"]
 
 T = TypeVar("T")
 
@@ -166,3 +166,11 @@ def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where
             raw[f.name] = tuple(raw[f.name])
     kwargs: dict[str, Any] = {str(k): v for k, v in raw.items()}
     return cls(**kwargs)
+
+
+def settings(cls: type[T], value: T | Mapping[str, Any] | None, where: str) -> T:
+    """A component's settings object from itself, a config mapping (Hydra passes the YAML's nested
+    section; unknown keys are named, :func:`from_mapping`) or None (the defaults)."""
+    return (
+        value if isinstance(value, cls) else from_mapping(cls, cast(Mapping[str, Any] | None, value), where)
+    )

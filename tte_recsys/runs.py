@@ -88,7 +88,7 @@ def cli(run: Callable[[DictConfig], T], cfg: DictConfig, show: Callable[[T], obj
         result = run(cfg)
         if show is not None:
             show(result)
-    except (ValueError, OSError, RuntimeError, InstantiationException) as e:  # USER_ERRORS, or wrapped
+    except Exception as e:
         # a component that refused its config (built by hydra.utils.instantiate) carries the reason
         cause = e.__cause__ if isinstance(e, InstantiationException) else e
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(cause, USER_ERRORS):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tte_recsys.config import from_mapping
+from tte_recsys.config import settings
 from tte_recsys.tte.http import ClientSettings, JsonClient, RequestFailed, image_part
 
 __all__ = ["OpenAIEmbedder"]
@@ -43,11 +43,7 @@ class OpenAIEmbedder:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"embedder.batch_size={batch_size}: expected >= 1")
-        c = (
-            client
-            if isinstance(client, ClientSettings)
-            else from_mapping(ClientSettings, client, "embedder.client")
-        )
+        c = settings(ClientSettings, client, "embedder.client")
         self.url = base_url.rstrip("/") + "/embeddings"
         self.model, self.batch_size, self.concurrency = model, batch_size, c.concurrency
         self.model_id = f"openai:{base_url.rstrip('/')}:{model}:{revision}"

@@ -13,11 +13,16 @@ import numpy as np
 from tte_recsys.evaluation.mmeb.registry import TaskSpec
 from tte_recsys.tte.items import ItemInput
 
-__all__ = ["CandidatePool", "Entry", "MMEBDataError", "MissingTaskData", "TaskData"]
+__all__ = ["CandidatePool", "Entry", "MMEBDataError", "MissingTaskData", "TaskData", "safe_name"]
 
 
 class MMEBDataError(ValueError):
     """A task's data is malformed; the message names the task, the file and the row."""
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one path component: letters, digits and ``-_.@`` kept, anything else ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in name)
 
 
 class MissingTaskData(FileNotFoundError):

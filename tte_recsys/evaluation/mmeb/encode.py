@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from tte_recsys.evaluation.mmeb.data import Entry
+from tte_recsys.evaluation.mmeb.data import Entry, safe_name
 from tte_recsys.vectors import SHARDS, JobSpec, write_shards
 
 __all__ = ["Encoder", "SideJob", "encode_side", "load_side"]
@@ -71,8 +71,7 @@ class SideJob:
             raise ValueError(f"{label}/{side}: {len(entries)} entries but {len(texts)} texts")
         self.label, self.side, self.entries, self.texts = label, side, list(entries), list(texts)
         digest = _digest(entries, texts, trace_version)
-        safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in label)
-        self.dir = cache_root / fingerprint[:16] / safe / side / digest[:16]
+        self.dir = cache_root / fingerprint[:16] / safe_name(label) / side / digest[:16]
         self.spec = JobSpec(f"{label}/{side}", len(entries), shard_size, fingerprint, trace_version)
 
     @property

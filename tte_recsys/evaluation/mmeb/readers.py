@@ -20,7 +20,14 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from tte_recsys.artifacts import atomic_path
-from tte_recsys.evaluation.mmeb.data import CandidatePool, Entry, MissingTaskData, MMEBDataError, TaskData
+from tte_recsys.evaluation.mmeb.data import (
+    CandidatePool,
+    Entry,
+    MissingTaskData,
+    MMEBDataError,
+    TaskData,
+    safe_name,
+)
 from tte_recsys.evaluation.mmeb.registry import Family, TaskSpec
 
 __all__ = ["ReadSettings", "read_task", "sample_frames", "table_files"]
@@ -287,7 +294,12 @@ def _read_visdoc(task: TaskSpec, fam: Family, root: Path, s: ReadSettings, pixel
         cid = str(row["corpus-id"])
         if cid in doc_index:
             raise MMEBDataError(f"task {task.label}: corpus {_where(row)}: corpus-id {cid!r} appears twice")
-        path = _page(task, row["image"], pixels / task.label / f"{_safe(cid)}.img", f"corpus {_where(row)}")
+        path = _page(
+            task,
+            row["image"],
+            pixels / safe_name(task.label) / f"{safe_name(cid)}.img",
+            f"corpus {_where(row)}",
+        )
         doc_index[cid] = pool.add(Entry(cid, fam.target_instruction, (path,)))
     qtext = {str(r["query-id"]): str(r["query"]) for r in q.iter_rows(named=True)}
     grades: dict[str, dict[int, float]] = {}
@@ -309,10 +321,6 @@ def _read_visdoc(task: TaskSpec, fam: Family, root: Path, s: ReadSettings, pixel
         kept = kept[: s.max_queries]
     queries = [Entry(f"{task.name}:{qid}", _text(fam.query_instruction, qtext[qid])) for qid in kept]
     return _finish(task, queries, pool, None, [grades[qid] for qid in kept], notes)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 _READERS: dict[str, Callable[[TaskSpec, Family, Path, ReadSettings, Path], TaskData]] = {

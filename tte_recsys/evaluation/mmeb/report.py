@@ -89,4 +89,5 @@ def against_published(report: dict[str, Any], name: str = "this run") -> pl.Data
         **{m: mods.get(m, {}).get("score") for m in _MODS},
         "all": report["overall"]["score"],
     }
-    return pl.concat([published_scores(), pl.DataFrame([ours], schema=published_scores().schema)])
+    published = published_scores()
+    return pl.concat([published, pl.DataFrame([ours], schema=published.schema)])

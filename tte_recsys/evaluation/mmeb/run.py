@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tte_recsys import distributed
 from tte_recsys.artifacts import write_json, write_parquet, write_text
 from tte_recsys.config import from_mapping
-from tte_recsys.evaluation.mmeb.data import Entry, MissingTaskData, TaskData
+from tte_recsys.evaluation.mmeb.data import Entry, MissingTaskData, TaskData, safe_name
 from tte_recsys.evaluation.mmeb.encode import Encoder, SideJob, encode_side, load_side
 from tte_recsys.evaluation.mmeb.readers import ReadSettings, read_task
 from tte_recsys.evaluation.mmeb.registry import families, select_tasks, task_table
@@ -28,8 +28,8 @@ from tte_recsys.runs import finish_run
 from tte_recsys.tte.factory import embedder_fingerprint, embedder_from_config
 from tte_recsys.tte.items import with_trace
 from tte_recsys.tte.reasoner.cache import TraceCache
-from tte_recsys.tte.reasoner.generate import generate_traces, trace_keys
-from tte_recsys.tte.reasoner.prompts import ParsedTrace, get_template
+from tte_recsys.tte.reasoner.generate import generate_traces, trace_keys, trace_texts
+from tte_recsys.tte.reasoner.prompts import get_template
 
 __all__ = ["build_encoder", "evaluate_mmeb", "list_tasks"]
 
@@ -72,12 +72,7 @@ def _traces(
     items = [e.to_item() for e in entries]
     generate_traces(items[rank::world], reasoner, template, cache, show_progress=rank == 0)
     distributed.barrier()
-    rows = cache.lookup(trace_keys(items, reasoner.reasoner_id, template.key))
-    return {
-        i: ParsedTrace(t, s).text
-        for i, t, s in rows.select("item_id", "thinking", "summary").iter_rows()
-        if t or s
-    }
+    return trace_texts(cache.lookup(trace_keys(items, reasoner.reasoner_id, template.key)))
 
 
 def evaluate_mmeb(cfg: DictConfig, out: Path, root: Path) -> dict[str, Any]:
@@ -174,7 +169,7 @@ def _score(cfg: DictConfig, out: Path, data: TaskData, jobs: list[SideJob]) -> d
         ties=str(cfg.ties),
         top_k=int(cfg.top_k),
     )
-    write_parquet(out / "predictions" / f"{jobs[0].dir.parent.parent.name}.parquet", res.predictions)
+    write_parquet(out / "predictions" / f"{safe_name(t.label)}.parquet", res.predictions)
     return {
         "score": res.score,
         "metric": t.metric,

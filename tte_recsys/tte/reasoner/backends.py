@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import polars as pl
 import torch
@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from tte_recsys.config import from_mapping
+from tte_recsys.config import settings
 from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
@@ -38,19 +38,7 @@ __all__ = [
     "NoReasoner",
     "Reasoner",
     "TraceRequest",
-    "settings",
 ]
-
-S = TypeVar("S")
-
-
-def settings(cls: type[S], value: S | Mapping[str, Any] | None, where: str) -> S:
-    """A reasoner's settings object from itself, a config mapping (Hydra passes the YAML's nested
-    section; unknown keys are named) or None (the defaults)."""
-    return (
-        value if isinstance(value, cls) else from_mapping(cls, cast(Mapping[str, Any] | None, value), where)
-    )
-
 
 _IMAGE_MARK = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2-VL's image slot in a user turn
 

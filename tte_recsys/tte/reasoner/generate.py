@@ -18,7 +18,7 @@ from tte_recsys.tte.reasoner.backends import Reasoner, TraceRequest
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.prompts import ParsedTrace, PromptTemplate, parse_trace
 
-__all__ = ["TraceSummary", "generate_traces", "load_trace_texts", "trace_keys"]
+__all__ = ["TraceSummary", "generate_traces", "load_trace_texts", "trace_keys", "trace_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,13 @@ def load_trace_texts(traces_dir: str | Path, items: Sequence[ItemInput]) -> tupl
         {"item_id": [it.item_id for it in items], "content_hash": [it.content_hash() for it in items]}
     )
     df = df.join(current, on=["item_id", "content_hash"], how="semi")
+    return trace_texts(df), f"{m['summary']['reasoner_id']}|{m['summary']['prompt']}"
+
+
+def trace_texts(rows: pl.DataFrame) -> dict[str, str]:
+    """item_id -> what the embedder reads of each cached trace (thinking and summary, tags
+    removed); rows whose trace is empty are left out."""
     texts = (
-        (i, ParsedTrace(t, s).text) for i, t, s in df.select("item_id", "thinking", "summary").iter_rows()
+        (i, ParsedTrace(t, s).text) for i, t, s in rows.select("item_id", "thinking", "summary").iter_rows()
     )
-    return {i: text for i, text in texts if text}, f"{m['summary']['reasoner_id']}|{m['summary']['prompt']}"
+    return {i: text for i, text in texts if text}

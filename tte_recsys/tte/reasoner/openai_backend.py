@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from tte_recsys.config import settings
 from tte_recsys.tte.http import ClientSettings, JsonClient, RequestFailed, image_part
-from tte_recsys.tte.reasoner.backends import TraceRequest, settings
+from tte_recsys.tte.reasoner.backends import TraceRequest
 
 __all__ = ["ClientSettings", "CompletionSettings", "OpenAIReasoner", "RequestFailed"]
 
