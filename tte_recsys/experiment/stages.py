@@ -20,13 +20,14 @@ from tte_recsys.artifacts import write_json, write_parquet
 from tte_recsys.runs import finish_run, load_dataset
 from tte_recsys.serving.embed_job import embed_catalog
 from tte_recsys.tte.factory import embedder_from_config
+from tte_recsys.tte.fusion import TraceFusion
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces, load_trace_texts, trace_keys
 from tte_recsys.tte.reasoner.prompts import get_template
 from tte_recsys.vectors import JobSpec
 
-__all__ = ["embed_items", "generate_catalog_traces", "stage_config", "uses_reasoner"]
+__all__ = ["embed_items", "generate_catalog_traces", "stage_config", "trace_fusion", "uses_reasoner"]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,13 @@ def embed_items(cfg: DictConfig, out: Path) -> dict[str, Any]:
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces, trace_version = load_trace_texts(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
     embedder, model_id = embedder_from_config(cfg.embedder)
+    fusion = trace_fusion(cfg.embedder)
+    if traces:  # the same traces fused another way are other vectors: refused on resume
+        trace_version += f"|{fusion.version}"
     spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
-    stats = embed_catalog(items, embedder, out, spec, traces, rank, world, int(cfg.embedder.batch_size))
+    stats = embed_catalog(
+        items, embedder, out, spec, traces, rank, world, int(cfg.embedder.batch_size), fusion
+    )
     all_stats = distributed.all_gather_objects(stats)
     distributed.barrier()
     result: dict[str, Any] = {k: sum(s[k] for s in all_stats) for k in stats}
@@ -83,6 +89,14 @@ def embed_items(cfg: DictConfig, out: Path) -> dict[str, Any]:
         log.info("embed_items: %s", result)
     distributed.barrier()
     return result
+
+
+def trace_fusion(e: Any) -> TraceFusion:
+    """An ``embedder`` section's :class:`TraceFusion` (``traces``, ``trace_weight``, ``trace_side``)."""
+    d = TraceFusion()
+    return TraceFusion(
+        str(e.get("traces", d.mode)), float(e.get("trace_weight", d.weight)), str(e.get("trace_side", d.side))
+    )
 
 
 def stage_config(cfg: DictConfig, **keys: Any) -> DictConfig:

@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 
 from tte_recsys.tte.embedder import Embedder
-from tte_recsys.tte.items import ItemInput, embedding_text
+from tte_recsys.tte.fusion import TraceFusion, item_vectors
+from tte_recsys.tte.items import ItemInput
 from tte_recsys.vectors import JobSpec, write_shards
 
 __all__ = ["embed_catalog"]
@@ -28,8 +29,12 @@ def embed_catalog(
     rank: int = 0,
     world_size: int = 1,
     batch_size: int = 64,
+    fusion: TraceFusion | None = None,
 ) -> dict[str, int]:
-    """Embed this rank's shards of ``items`` into ``out_dir/shards``; returns counts (written, skipped)."""
+    """Embed this rank's shards of ``items`` into ``out_dir/shards``; returns counts (written, skipped).
+
+    ``traces`` (item id -> trace) enter each vector as ``fusion`` says (:mod:`tte_recsys.tte.fusion`;
+    default: fused with the default weight)."""
     empty = [it for it in items if it.is_empty]
     if empty:
         raise ValueError(
@@ -38,15 +43,12 @@ def embed_catalog(
             "or add fields that have text "
             "(data.content_fields)"
         )
-    found = traces or {}
+    found = {i: [t] for i, t in (traces or {}).items()}
+    how = fusion or TraceFusion()
 
     def compute(start: int, end: int) -> pl.DataFrame:
         chunk = items[start:end]
-        texts = [embedding_text(it, found.get(it.item_id)) for it in chunk]
-        vecs = embedder.encode(
-            texts, batch_size=batch_size, images=[it.image_path for it in chunk]
-        )  # (n, D) or (n, H, D)
-        vecs = vecs.reshape(len(chunk), -1).astype(np.float32)  # (n, D')
+        vecs = item_vectors(embedder, chunk, found, how, batch_size).astype(np.float32)  # (n, D')
         return pl.DataFrame(
             {
                 "item_id": [it.item_id for it in chunk],

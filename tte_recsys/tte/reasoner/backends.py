@@ -22,6 +22,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
 )
 
@@ -99,6 +101,28 @@ class FileReasoner:
         ]
 
 
+PENALTY_SCOPES = ("generated", "all")
+
+
+class GeneratedRepetitionPenalty(LogitsProcessor):
+    """The CTRL repetition penalty over the tokens generated so far only (columns from
+    ``prompt_len`` on), never over the prompt: dividing positive logits (multiplying negative
+    ones) by ``penalty`` for every token already written."""
+
+    def __init__(self, penalty: float, prompt_len: int) -> None:
+        if not penalty > 0:
+            raise ValueError(f"repetition_penalty={penalty}: expected > 0")
+        self.penalty, self.prompt_len = penalty, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        written = input_ids[:, self.prompt_len :]
+        if written.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        picked = torch.gather(scores, 1, written)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return cast(torch.FloatTensor, scores.scatter(1, written, picked))
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How :class:`HFReasoner` decodes (``reasoner.generation``); all of it is in the reasoner id.
@@ -108,6 +132,10 @@ class GenerationSettings:
         batch_size: prompts per ``generate`` call (sorted by length to limit padding).
         do_sample: sample (with ``seed`` per batch, reproducible) instead of greedy decoding.
         repetition_penalty: >1 discourages the loops small models fall into under greedy decoding.
+        penalty_scope: ``generated`` (the penalty covers the tokens written so far, not the
+            prompt: transformers' own penalty also covers the prompt, so it penalised the
+            ``<|im_end|>`` the chat template puts there and traces ran to the cap) or ``all``
+            (transformers' behaviour).
         temperature, top_p: of sampling.
     """
 
@@ -118,8 +146,13 @@ class GenerationSettings:
     top_p: float = 0.9
     seed: int = 0
     repetition_penalty: float = 1.15
+    penalty_scope: str = "generated"
 
     def __post_init__(self) -> None:
+        if self.penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(
+                f"reasoner.generation.penalty_scope={self.penalty_scope!r}: expected one of {list(PENALTY_SCOPES)}"
+            )
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(
                 f"reasoner.generation: max_new_tokens={self.max_new_tokens} and batch_size={self.batch_size} must be >= 1"
@@ -208,10 +241,12 @@ class HFReasoner:
         self.vision = VisionAdapter(d, self.tokenizer, config) if is_vl else None
         self.max_new_tokens, self.batch_size = max_new_tokens, gen.batch_size
         self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed
-        self.repetition_penalty = repetition_penalty
+        self.repetition_penalty, self.penalty_scope = repetition_penalty, gen.penalty_scope
         mode = f"sample-t{temperature}-p{top_p}-s{seed}" if do_sample else "greedy"
-        mode += f"-rp{repetition_penalty}"
-        self.reasoner_id = f"hf:{d.name}{_weights_tag(d)}:{max_new_tokens}:{mode}"
+        mode += f"-rp{repetition_penalty}" + ("" if gen.penalty_scope == "all" else "g")
+        # the engine and the dtype it ran in change the traces, so they are in the id (the cache key)
+        engine = f"torch-{str(self.model.dtype).removeprefix('torch.')}"
+        self.reasoner_id = f"hf:{d.name}{_weights_tag(d)}:{max_new_tokens}:{mode}:{engine}"
         self.calls = 0
 
     def _inputs(self, r: TraceRequest) -> tuple[list[int], ImageInputs | None]:
@@ -249,6 +284,8 @@ class HFReasoner:
             inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
             if self.do_sample:
                 torch.manual_seed(self.seed + start)
+            width = int(inputs["input_ids"].shape[1])
+            scoped = self.penalty_scope == "generated" and self.repetition_penalty != 1.0
             gen = self.model.generate(
                 **inputs,
                 max_new_tokens=self.max_new_tokens,
@@ -256,7 +293,10 @@ class HFReasoner:
                 temperature=self.temperature if self.do_sample else None,
                 top_p=self.top_p if self.do_sample else None,
                 top_k=None,
-                repetition_penalty=self.repetition_penalty,
+                repetition_penalty=None if scoped else self.repetition_penalty,
+                logits_processor=LogitsProcessorList(
+                    [GeneratedRepetitionPenalty(self.repetition_penalty, width)] if scoped else []
+                ),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             self.calls += 1

@@ -47,6 +47,16 @@ TEMPLATES: dict[str, PromptTemplate] = {
             "Item:\n{content}\n\nWhat is this item, what are its key attributes, who engages with it, "
             "and what else would they want next?",
         ),
+        # Keywords, not prose: a fused trace vector is the mean-pooled embedding of the trace alone,
+        # and product kinds that go together move it toward new partners; "I think" moves it nowhere.
+        PromptTemplate(
+            "item_keywords",
+            "v1",
+            "You help a recommender system find related items. Answer with one line of 8 to 12 "
+            "comma-separated keywords and nothing else.",
+            "Item:\n{content}\n\nList the kinds of products or items someone who engages with this "
+            "item also uses or wants next (complements, accessories, same-theme items).",
+        ),
         PromptTemplate(
             "mmeb_query",
             "v1",
