@@ -1,5 +1,7 @@
-"""The training loop: sharded model, combined optimizer, validation with early stopping,
-checkpoints and resume. Runs alone or under ``torchrun`` (gloo on CPU, nccl on GPU).
+"""The training loop: sharded model, combined optimizer, a step function in a short loop, and
+around it the callbacks of :mod:`tte_recsys.training.callbacks` (loss read-back, timing,
+validation with early stopping, checkpoints); resume. Runs alone or under ``torchrun`` (gloo on
+CPU, nccl on GPU).
 
 Every rank computes its triggers' and targets' embeddings; the targets of all ranks are
 gathered (with gradients) so each rank scores against the whole global batch, which makes a
@@ -11,26 +13,35 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tte_recsys.artifacts import atomic_path
+from tte_recsys.data.labels import DeviceLabels
 from tte_recsys.distributed import local_device
 from tte_recsys.losses.mtmh import LossConfig, mtmh_loss
 from tte_recsys.models.mtmh import MTMHModel
-from tte_recsys.progress import progress
-from tte_recsys.training.batches import PAIR_WEIGHTS, BatchConfig, PairBatches, batch_loader
+from tte_recsys.training.batches import PAIR_WEIGHTS, BatchConfig, PackedBatch, PairBatches, batch_loader
+from tte_recsys.training.callbacks import (
+    READ_EVERY,
+    Callback,
+    Checkpointing,
+    EarlyStopping,
+    LoopState,
+    LossReadback,
+    ProgressBar,
+    Timer,
+)
 from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
 
-__all__ = ["TrainResult", "TrainerConfig", "fit"]
+__all__ = ["READ_EVERY", "TrainResult", "TrainStep", "TrainerConfig", "fit", "loader_workers", "run_steps"]
 
 log = logging.getLogger(__name__)
 Validate = Callable[[dict[str, torch.Tensor]], tuple[float, dict[str, float]]]
@@ -110,7 +121,7 @@ class TrainResult:
         losses: per step, the global-batch mean of each loss term.
         valid: per validation, ``{"step": ..., **metrics}``.
         steps_per_sec: training throughput of this run (data loading included; validation and the first
-            ``WARMUP_STEPS`` steps excluded).
+            ``WARMUP_STEPS`` steps excluded: :class:`~tte_recsys.training.callbacks.Timer`).
         stopped_early: whether patience ran out before ``max_steps``.
         device: where the model trained (``cpu``, ``cuda:0``).
         plan: table -> sharding type and ranks, as the planner chose them.
@@ -132,32 +143,69 @@ def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:
     return t if world == 1 else torch.cat(dist_fn.all_gather(t), dim=0)
 
 
-# Loss terms are read back to the host every this many steps (and before each validation and
-# checkpoint), not every step: reading a GPU value waits for the step to finish, which would keep
-# the host from queueing the next step while the GPU runs this one.
-READ_EVERY = 16
-# Steps left out of steps_per_sec: loader start-up, lazy CUDA kernel loading, allocator growth.
-WARMUP_STEPS = 5
+class TrainStep:
+    """One optimisation step on a packed batch: forward through the sharded model, the MTMH
+    loss against the global batch's targets, backward, the optimisers' step. Returns the loss
+    terms, detached and left on the device (reading them waits for the step: see READ_EVERY).
+
+    Args:
+        labels: builds each batch's label matrix on the device (``DeviceLabels``); None: the
+            loader built it.
+        pin: batches come page-locked, copied to the device without stalling the host.
+    """
+
+    def __init__(
+        self,
+        sharded: Sharded,
+        heads: list[str],
+        loss_cfg: LossConfig,
+        device: torch.device,
+        world: int,
+        labels: DeviceLabels | None = None,
+        pin: bool = False,
+    ) -> None:
+        self.sharded, self.heads, self.loss_cfg = sharded, heads, loss_cfg
+        self.device, self.world, self.labels, self.pin = device, world, labels, pin
+
+    def __call__(self, packed: PackedBatch) -> dict[str, torch.Tensor]:
+        batch = packed.to(self.device, non_blocking=self.pin)
+        emb = self.sharded.dmp(batch.features, batch.codes)
+        b = len(batch.pos)
+        labels = batch.labels if self.labels is None else self.labels(batch.codes[:b], batch.cand)
+        query = {h: emb[h][:b] for h in self.heads}
+        cand = {h: _candidates(emb[h][b:], self.world) for h in self.heads}
+        terms = mtmh_loss(query, cand, batch.pos, labels, self.loss_cfg, batch.log_q, batch.mask)
+        self.sharded.optimizer.zero_grad(
+            set_to_none=True
+        )  # torchrec's default zero-fills, then backward adds
+        terms["loss"].backward()
+        self.sharded.optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
 
 
-def _mean_over_ranks(pending: list[dict[str, torch.Tensor]], world: int) -> list[dict[str, float]]:
-    """Per step, the mean over ranks of each loss term; one collective and one read for all steps."""
-    if not pending:
-        return []
-    keys = sorted(pending[0])
-    t = torch.stack([torch.stack([v[k].float() for k in keys]) for v in pending])  # (steps, terms)
-    if world > 1:  # on the training device (nccl: CUDA)
-        dist.all_reduce(t)
-        t /= world
-    return [dict(zip(keys, row, strict=True)) for row in t.tolist()]
+def _device_labels(batches: PairBatches, cfg: TrainerConfig, device: torch.device) -> DeviceLabels | None:
+    """On a GPU (or with ``labels_on_device``) the batch's B x B label matrix is built there, not
+    by the loader and copied over; None where there are no labels or they stay in the loader."""
+    wanted = cfg.labels_on_device or (cfg.labels_on_device is None and device.type == "cuda")
+    if batches.labeler is None or not wanted:
+        return None
+    on_device = batches.labeler.on_device(device)
+    log.info("batch labels built %s", "on " + str(device) if on_device else "by the loader")
+    return on_device
 
 
-def _broadcast(value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=local_device())
-    dist.broadcast(t, src=0)
-    return float(t.item())
+def _resume(ckpt_dir: Path, sharded: Sharded, rank: int, world: int, s: LoopState) -> dict[str, torch.Tensor]:
+    """Continue ``s`` from the newest complete checkpoint in ``ckpt_dir`` (none: a fresh start);
+    returns the generator state it saved (restored once the loader has started)."""
+    ck = latest_checkpoint(ckpt_dir)
+    if ck is None:
+        return {}
+    manifest, rng = load_checkpoint(ck, sharded, rank, world)
+    s.restore(int(manifest["step"]), manifest["loop"])
+    if rank == 0 and (best := ckpt_dir / "best.safetensors").is_file():
+        s.result.best_state = load_file(str(best))
+    log.info("resumed from %s (step %d)", ck, s.start)
+    return rng
 
 
 def loader_workers(cfg: TrainerConfig, device: torch.device) -> int:
@@ -168,6 +216,51 @@ def loader_workers(cfg: TrainerConfig, device: torch.device) -> int:
         return 1
     per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, per_process // 2))
+
+
+def _save(
+    ckpt_dir: Path, sharded: Sharded, rank: int, world: int, keep: int, step: int, loop: dict[str, Any]
+) -> Path:
+    return save_checkpoint(ckpt_dir, step, sharded, loop, rank, world, keep)
+
+
+def _callbacks(
+    cfg: TrainerConfig,
+    bar: ProgressBar,
+    validate: Validate | None,
+    state: Callable[[], dict[str, torch.Tensor] | None],
+    ckpt_dir: Path,
+    save: Callable[[int, dict[str, Any]], object],
+) -> list[Callback]:
+    """The callbacks ``cfg`` asks for, in the order they run (losses are read before they are
+    timed; a checkpoint follows the validation that may stop training)."""
+    callbacks: list[Callback] = [LossReadback(), Timer(), bar]
+    if validate is not None and cfg.eval_every:
+        best = ckpt_dir / "best.safetensors"
+        callbacks.append(EarlyStopping(validate, state, cfg.eval_every, cfg.patience, best))
+    if cfg.ckpt_every:
+        callbacks.append(Checkpointing(save, cfg.ckpt_every))
+    return callbacks
+
+
+def run_steps(
+    loader: Iterator[PackedBatch],
+    step: Callable[[PackedBatch], dict[str, torch.Tensor]],
+    s: LoopState,
+    callbacks: Sequence[Callback],
+) -> None:
+    """The loop: ``step`` on each batch until the budget or a callback's stop, the callbacks
+    around it (:mod:`tte_recsys.training.callbacks` says when each hook runs)."""
+    for cb in callbacks:
+        cb.on_train_start(s)
+    while s.step < s.max_steps and not s.stop:
+        for cb in callbacks:
+            cb.on_batch_start(s)
+        s.end_step(step(next(loader)))
+        for cb in callbacks:
+            cb.on_step_end(s)
+    for cb in callbacks:
+        cb.on_train_end(s)
 
 
 def fit(
@@ -197,108 +290,19 @@ def fit(
     init_tables(sharded.dmp, cfg.seed)
     log.info("sharding plan: %s", sharded.plan)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    best_path = ckpt_dir / "best.safetensors"
-    result = TrainResult(
-        best_state=None, best_step=-1, best_score=-math.inf, device=str(device), plan=sharded.plan
-    )
-    bad, start = 0, 0
-    rng: dict[str, torch.Tensor] = {}
-    if resume and (ck := latest_checkpoint(ckpt_dir)) is not None:
-        manifest, rng = load_checkpoint(ck, sharded, rank, world)
-        loop = manifest["loop"]
-        start, bad = int(manifest["step"]), int(loop["bad"])
-        result.best_step, result.best_score = int(loop["best_step"]), float(loop["best_score"])
-        result.losses, result.valid = loop["losses"], loop["valid"]
-        if rank == 0 and best_path.is_file():
-            result.best_state = load_file(str(best_path))
-        log.info("resumed from %s (step %d)", ck, start)
-    heads = list(model.cfg.heads)
-    bar = progress(total=cfg.max_steps, initial=start, desc=desc, disable=rank != 0, dynamic_ncols=True)
-    train_time, timed_steps = 0.0, 0
-    step = start
-    pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps not yet read back
-
-    def read_losses() -> None:
-        first = step - len(pending) + 1
-        for i, logged in enumerate(_mean_over_ranks(pending, world)):
-            if not math.isfinite(logged["loss"]):
-                raise FloatingPointError(
-                    f"loss is {logged['loss']} at step {first + i}: lower trainer.*_lr or loss temperatures"
-                )
-            result.losses.append({"step": first + i, **logged})
-        pending.clear()
-        if result.losses:
-            rate = float(bar.format_dict.get("rate") or 0.0)
-            loss = result.losses[-1]["loss"]
-            bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{rate * batches.batch_size:,.0f}", refresh=False)
-
-    pin = device.type == "cuda"  # page-locked batches copy to the GPU without stalling the host
-    # On a GPU the batch's B x B label matrix is built there, not by the loader and copied over.
-    on_device = None
-    if batches.labeler is not None and (cfg.labels_on_device or (cfg.labels_on_device is None and pin)):
-        on_device = batches.labeler.on_device(device)
-        log.info("batch labels built %s", "on " + str(device) if on_device else "by the loader")
+    result = TrainResult(None, best_step=-1, best_score=-math.inf, device=str(device), plan=sharded.plan)
+    s = LoopState(result, cfg.max_steps, world)
+    rng = _resume(ckpt_dir, sharded, rank, world, s) if resume else {}
+    pin, labels = device.type == "cuda", _device_labels(batches, cfg, device)
+    step = TrainStep(sharded, list(model.cfg.heads), loss_cfg, device, world, labels, pin)
     loader = batch_loader(  # started: it has drawn its workers' seed from the global generator...
-        batches, start, cfg.max_steps, loader_workers(cfg, device), pin_memory=pin, labels=on_device is None
+        batches, s.start, cfg.max_steps, loader_workers(cfg, device), pin_memory=pin, labels=labels is None
     )
     restore_rng(rng)  # ...so a resumed run takes the checkpoint's generator state after that draw
-    t0 = time.perf_counter()
-    for packed in loader:
-        batch = packed.to(device, non_blocking=pin)
-        emb = sharded.dmp(batch.features, batch.codes)
-        b = len(batch.pos)
-        labels = batch.labels if on_device is None else on_device(batch.codes[:b], batch.cand)
-        query = {h: emb[h][:b] for h in heads}
-        cand = {h: _candidates(emb[h][b:], world) for h in heads}
-        terms = mtmh_loss(query, cand, batch.pos, labels, loss_cfg, batch.log_q, batch.mask)
-        sharded.optimizer.zero_grad(set_to_none=True)  # torchrec's default zero-fills, then backward adds
-        terms["loss"].backward()
-        sharded.optimizer.step()
-        step += 1
-        pending.append({k: v.detach() for k, v in terms.items()})
-        bar.update(1)
-        validating = (
-            validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)
-        )
-        checkpointing = cfg.ckpt_every and step % cfg.ckpt_every == 0
-        if validating or checkpointing or step % READ_EVERY == 0 or step == cfg.max_steps:
-            read_losses()
-        now = time.perf_counter()
-        if step - start > WARMUP_STEPS or cfg.max_steps - start <= WARMUP_STEPS:
-            train_time += now - t0
-            timed_steps += 1
-        stop = False
-        if validating and validate is not None:
-            state = unsharded_state(sharded.dmp)
-            score, metrics = validate(state) if state is not None else (0.0, {})
-            score = _broadcast(score, world)
-            result.valid.append({"step": step, **metrics})
-            if score > result.best_score:
-                result.best_score, result.best_step, bad = score, step, 0
-                if state is not None:
-                    result.best_state = state
-                    with atomic_path(best_path) as tmp:
-                        save_file(state, str(tmp))
-            else:
-                bad += 1
-            log.info("step %d valid %.4f (best %.4f at %d)", step, score, result.best_score, result.best_step)
-            stop = bad >= cfg.patience
-        if checkpointing or (cfg.ckpt_every and stop):  # losses were read with the validation
-            loop = {
-                "bad": bad,
-                "best_step": result.best_step,
-                "best_score": result.best_score,
-                "losses": result.losses,
-                "valid": result.valid,
-            }
-            save_checkpoint(ckpt_dir, step, sharded, loop, rank, world, cfg.keep_ckpts)
-        if stop:
-            result.stopped_early = True
-            break
-        t0 = time.perf_counter()
-    read_losses()
-    bar.close()
-    result.steps_per_sec = timed_steps / train_time if train_time > 0 else float("nan")
+    state = partial(unsharded_state, sharded.dmp)
+    bar = ProgressBar(desc, batches.batch_size, enabled=rank == 0)
+    save = partial(_save, ckpt_dir, sharded, rank, world, cfg.keep_ckpts)
+    run_steps(loader, step, s, _callbacks(cfg, bar, validate, state, ckpt_dir, save))
     if validate is None or not cfg.eval_every or result.best_step < 0:  # unvalidated: the last state
-        result.best_state, result.best_step = unsharded_state(sharded.dmp), step
+        result.best_state, result.best_step = state(), s.step
     return result
