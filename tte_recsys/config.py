@@ -59,7 +59,7 @@ class PairConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Global temporal split at quantiles of all interaction timestamps (DESIGN.md)."""
+    """Global temporal split at quantiles of all interaction timestamps (docs/design.md, "Evaluation protocol")."""
 
     valid_quantile: float = 0.8
     test_quantile: float = 0.9
@@ -121,7 +121,7 @@ class EvalConfig:
         ease_max_items: EASE on at most this many of the most engaged train items (its dense
             inverse needs 8 N^2 bytes); None: all.
         batch_size: triggers scored per batch (bounds memory: batch x catalog floats).
-        refit: final scoring (DESIGN.md): after every choice is made on valid with models fit on
+        refit: final scoring (docs/design.md, "Selection and final scoring"): after every choice is made on valid with models fit on
             train, refit every method on train + valid and score test with it (the headline rows);
             the train-only test rows are reported beside them. False: train-only rows alone.
     """

@@ -1,5 +1,6 @@
 """What every pipeline does around its library calls: find the dataset, the output folder, and
-finish with the resolved config and a manifest. Pipelines stay thin (STYLE.md)."""
+finish with the resolved config and a manifest. Pipelines stay thin (docs/design.md,
+"Pipelines and configuration")."""
 
 from __future__ import annotations
 

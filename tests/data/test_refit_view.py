@@ -1,5 +1,6 @@
-"""The second training view of the split, train + valid (DESIGN.md, final scoring): an invariant
-test over random logs, a hand-made log, item age, and a baseline refit against a direct count."""
+"""The second training view of the split, train + valid (docs/design.md, "Selection and final
+scoring"): an invariant test over random logs, a hand-made log, item age, and a baseline refit
+against a direct count."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Global temporal split and the held-out evaluation sets (DESIGN.md, "Evaluation protocol").
+"""Global temporal split and the held-out evaluation sets (docs/design.md, "Evaluation protocol").
 
 Cut-offs are the ``valid_quantile`` and ``test_quantile`` quantiles of all interaction
 timestamps: period 0 (train) is ``t <= c_valid``, 1 (valid) ``c_valid < t <= c_test``, 2 (test)
@@ -6,7 +6,7 @@ after. A pair belongs to the period of its later interaction. The positives of a
 period are the (trigger, target) pairs *first seen* in it whose trigger has train interactions;
 a target with no train interactions is *cold*. Models and baselines are chosen fitting period 0
 and scoring valid; :meth:`TemporalSplit.refit_view` is the second training view, periods 0 and 1,
-that the final models are refit on before scoring test (DESIGN.md, "Selection and final scoring").
+that the final models are refit on before scoring test (docs/design.md, "Selection and final scoring").
 """
 
 from __future__ import annotations

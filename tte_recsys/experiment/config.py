@@ -71,7 +71,7 @@ class SelectConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """The ``compare`` group: reference models trained in the same run (DESIGN.md protocol).
+    """The ``compare`` group: reference models trained in the same run (docs/design.md, "Evaluation protocol").
 
     Attributes:
         single_head: the same model with one head (``coeng``) and lambda = 0.

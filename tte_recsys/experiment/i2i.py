@@ -7,7 +7,8 @@
    the item-age prior at that point (all shares again).
 4. :func:`train_references`: the one-head model (lambda = 0) and the id-only model.
 5. :func:`refit`: the chosen model and the references refit on train + valid with the valid
-   choices, each for as many epochs as it trained to its best valid step (DESIGN.md, final scoring).
+   choices, each for as many epochs as it trained to its best valid step (docs/design.md,
+   "Selection and final scoring").
 6. :func:`score`: every method and the classical baselines on test, train-only and refit, and the
    quota curves.
 7. :func:`export_chosen` and :func:`assemble_report`: the served (refit) model and ``report.json``.

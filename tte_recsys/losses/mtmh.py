@@ -1,4 +1,4 @@
-"""The MTMH losses (DESIGN.md, "MTMH model and losses"): pure functions of embeddings and labels.
+"""The MTMH losses (docs/design.md, "MTMH model and losses"): pure functions of embeddings and labels.
 
 Shapes: ``b`` query rows (this process's triggers), ``B`` in-batch candidates (every process's
 targets, and any uniform negatives; ``B == b`` in one process without them). Row ``i``'s own

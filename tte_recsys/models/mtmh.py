@@ -1,4 +1,5 @@
-"""The multi-task, multi-head (MTMH) item tower, shared by trigger and candidate (DESIGN.md).
+"""The multi-task, multi-head (MTMH) item tower, shared by trigger and candidate
+(docs/design.md, "MTMH model and losses").
 
 ``item id + categorical features (TorchRec EBC) ++ content vector -> trunk MLP -> heads``, each head
 an L2-normalised vector. The content vector comes from a content tower: ``none`` (id-only model),

@@ -1,4 +1,4 @@
-"""Multi-head retrieval merged by quota (DESIGN.md: top-K1 from the coeng head, top-K2 from the
+"""Multi-head retrieval merged by quota (docs/design.md, "Serving": top-K1 from the coeng head, top-K2 from the
 semantic head, duplicates and the trigger dropped).
 
 Quotas are shares ``w_h`` (summing to 1). The merged list is built position by position: slot

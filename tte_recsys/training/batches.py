@@ -5,7 +5,7 @@ Batches are indexed by *global step*: step ``s`` is batch ``s % steps_per_epoch`
 builds the same global batch and keeps its slice of triggers, so a run resumes at any step, and
 2 processes see exactly the batches 1 process sees. Each rank's candidates are every rank's
 targets (gathered in the loop), so the label matrix and the logQ terms cover the global batch.
-Everything here is numpy (no polars in workers: pitfalls.md).
+Everything here is numpy (no polars in workers: docs/notes/pitfalls.md).
 """
 
 from __future__ import annotations

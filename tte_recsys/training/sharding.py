@@ -1,7 +1,7 @@
 """TorchRec sharding of the MTMH model: the plan, the optimizers, and moving state in and out.
 
 The EBC always runs under ``DistributedModelParallel`` with the fused kernel, also in one process
-(``../shared/notes/torchrec_cpu.md``: ~40x faster than an unsharded EBC step on CPU). CPU plans are
+(``docs/notes/torchrec_cpu.md``: ~40x faster than an unsharded EBC step on CPU). CPU plans are
 ``table_wise`` + ``fused`` (the only sharding with a fused kernel that CPU TBE supports besides
 column-wise); on GPU the planner chooses. Tables learn with RowWiseAdagrad applied in backward
 (CPU TBE supports SGD/Adagrad/RowWiseAdagrad only); dense parameters with Adam, both stepped
