@@ -8,7 +8,7 @@ from tests.helpers import make_dataset
 from tte_recsys.config import EvalConfig, LabelConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet
-from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
+from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, paired_bootstrap, recall_at_k
 from tte_recsys.evaluation.protocol import evaluate_retriever
 
 # trigger 0 -> {2, 3 (cold)}, trigger 1 -> {4}
@@ -82,3 +82,30 @@ def test_cold_share_counts_retrieved_slots_holding_cold_items() -> None:
     assert cold_share_at_k(np.array([[3, -1], [5, 4]]), cold_items) == pytest.approx(2 / 3)  # -1: empty slot
     m = evaluate_retriever(_Fixed({0: [2, 3], 1: [5, 4]}), EV, lab, 6, EvalConfig(ks=(2,), select_k=2))
     assert m["cold_share@2"] == pytest.approx(1 / 4)  # EV: only item 3 is cold
+
+
+def test_paired_bootstrap_against_references() -> None:
+    rng = np.random.default_rng(3)
+    b = rng.random(2000)
+    a = b + rng.normal(0.01, 0.1, 2000)
+    got = paired_bootstrap(a, b, resamples=1000, seed=0)
+    d = a - b
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # the normal-theory interval it should approach
+    assert got["n"] == 2000 and got["diff"] == pytest.approx(d.mean())
+    assert got["lo"] == pytest.approx(d.mean() - half, abs=0.15 * half)
+    assert got["hi"] == pytest.approx(d.mean() + half, abs=0.15 * half)
+    # the seeded reference: the percentile interval of 1000 resampled means drawn with seed 0
+    idx = np.random.default_rng(0).integers(0, len(d), size=(1000, len(d)))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    assert (got["lo"], got["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert paired_bootstrap(a, b, seed=0) == got  # deterministic for a seed
+    # a method against itself: exactly 0; a constant shift: exactly that shift
+    same = paired_bootstrap(b, b)
+    assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    shift = paired_bootstrap(b + 0.5, b)
+    assert shift["lo"] == pytest.approx(0.5) and shift["hi"] == pytest.approx(0.5)
+    # triggers without a counted positive (NaN in either) are left out of both
+    nan = paired_bootstrap(np.array([1.0, np.nan, 0.0]), np.array([0.0, 1.0, np.nan]))
+    assert nan["n"] == 1 and nan["diff"] == 1.0
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap(np.zeros(3), np.zeros(4))

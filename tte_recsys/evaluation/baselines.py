@@ -162,13 +162,20 @@ class EASE:
 
 
 class ContentCosine:
-    """Nearest items by cosine of unit content vectors (N, D) aligned with item codes."""
+    """Nearest items by cosine of unit content vectors (N, D) aligned with item codes.
+
+    ``queries`` (N, D): the triggers' own vectors where they differ from the candidates' (trace
+    fusion on the trigger side only: ``embedder.trace_side=trigger``); None: ``vectors``."""
 
     name = "content"
 
-    def __init__(self, vectors: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, queries: np.ndarray | None = None) -> None:
         self._v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))  # (N, D)
+        q = self._v if queries is None else torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        if q.shape != self._v.shape:
+            raise ValueError(f"content queries {tuple(q.shape)} and candidates {tuple(self._v.shape)} differ")
+        self._q = q
 
     def retrieve(self, triggers: np.ndarray, k: int) -> np.ndarray:
-        scores = self._v[torch.as_tensor(triggers, dtype=torch.long)] @ self._v.T  # (T, N)
+        scores = self._q[torch.as_tensor(triggers, dtype=torch.long)] @ self._v.T  # (T, N)
         return topk_excluding(scores, triggers, k)

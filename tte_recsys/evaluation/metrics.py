@@ -6,7 +6,14 @@ import numpy as np
 
 from tte_recsys.data.split import EvalSet
 
-__all__ = ["cold_share_at_k", "coverage_at_k", "hits", "per_trigger_recall", "recall_at_k"]
+__all__ = [
+    "cold_share_at_k",
+    "coverage_at_k",
+    "hits",
+    "paired_bootstrap",
+    "per_trigger_recall",
+    "recall_at_k",
+]
 
 
 def hits(evalset: EvalSet, topk: np.ndarray) -> np.ndarray:
@@ -57,3 +64,28 @@ def cold_share_at_k(topk: np.ndarray, cold_items: np.ndarray) -> float:
     """Share of the filled top-K slots (code >= 0) that hold cold items."""
     filled = topk[topk >= 0]
     return float(cold_items[filled].mean()) if len(filled) else float("nan")
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """The mean of ``a - b`` over units (triggers) scored by both methods, and its paired
+    bootstrap percentile interval: ``resamples`` resamples of the units with replacement, the same
+    units for both methods in each. Units where either value is NaN (no positive counted) are
+    dropped first. Returns ``{"diff", "lo", "hi", "n"}``; a difference is real at ``level`` when
+    the interval excludes 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(
+            f"paired_bootstrap: expected two (T,) arrays of one length, got {a.shape} and {b.shape}"
+        )
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    if len(d) == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": len(d)}

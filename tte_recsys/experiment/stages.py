@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tte_recsys import distributed
 from tte_recsys.artifacts import write_json, write_parquet
 from tte_recsys.runs import finish_run, load_dataset
-from tte_recsys.serving.embed_job import embed_catalog
+from tte_recsys.serving.embed_job import embed_catalog, embed_trace_catalog
 from tte_recsys.tte.factory import embedder_from_config
 from tte_recsys.tte.fusion import TraceFusion
 from tte_recsys.tte.items import item_inputs
@@ -65,27 +65,35 @@ def generate_catalog_traces(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return merged
 
 
-def embed_items(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def embed_items(cfg: DictConfig, out: Path, what: str = "items") -> dict[str, Any]:
     """Item vectors for the catalog (``cfg``: ``data``, ``embedder``, ``traces_dir``,
-    ``shard_size``) into ``out``: an item-vector folder (:mod:`tte_recsys.vectors`) + manifest."""
+    ``shard_size``) into ``out``: an item-vector folder (:mod:`tte_recsys.vectors`) + manifest.
+    ``what``: ``items`` (each item with its traces as ``embedder.traces`` says) or ``traces``
+    (each item's trace vector alone: the input of fusion and of the MTMH tower's trace input)."""
     rank, world = distributed.init_from_env()
     ds = load_dataset(cfg.data)
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces, trace_version = load_trace_texts(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
     embedder, model_id = embedder_from_config(cfg.embedder)
-    fusion = trace_fusion(cfg.embedder)
-    if traces:  # the same traces fused another way are other vectors: refused on resume
-        trace_version += f"|{fusion.version}"
-    spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
-    stats = embed_catalog(
-        items, embedder, out, spec, traces, rank, world, int(cfg.embedder.batch_size), fusion
-    )
+    batch = int(cfg.embedder.batch_size)
+    if what == "traces":
+        if not traces:
+            raise ValueError(f"trace vectors: no traces in {cfg.traces_dir!r} for this catalog")
+        spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, f"{trace_version}|trace-only")
+        stats = embed_trace_catalog(items, embedder, out, spec, traces, rank, world, batch)
+    else:
+        fusion = trace_fusion(cfg.embedder)
+        if traces:  # the same traces fused another way are other vectors: refused on resume
+            trace_version += f"|{fusion.version}"
+        spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
+        stats = embed_catalog(items, embedder, out, spec, traces, rank, world, batch, fusion)
     all_stats = distributed.all_gather_objects(stats)
     distributed.barrier()
     result: dict[str, Any] = {k: sum(s[k] for s in all_stats) for k in stats}
     result.update(items=ds.num_items, items_with_trace=len(traces), dim=embedder.dim, world_size=world)
     if rank == 0:
-        finish_run(out, "embed_items", cfg, {"model_id": model_id, "trace_version": trace_version, **result})
+        meta = {"model_id": model_id, "trace_version": spec.trace_version, "vectors": what, **result}
+        finish_run(out, "embed_items", cfg, meta)
         log.info("embed_items: %s", result)
     distributed.barrier()
     return result

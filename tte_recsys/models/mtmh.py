@@ -52,6 +52,12 @@ class ModelConfig:
             its cosines (identity when ``head_dim`` equals the content size, else orthonormal rows),
             while the trunk's contribution starts at zero: training starts from content-only
             retrieval and learns co-engagement on top of it instead of re-learning content.
+        trace_input: the content vector is the item's vector followed by its trace vector (the
+            mean embedding of its reasoning traces, zero without one; equal sizes). The trunk
+            reads both; the skip maps the item half as above and the trace half through its own
+            projection, initialised to zero: the model starts as the one without traces and learns
+            from co-engagement how far to trust the trace (KAR's adaptor; docs/design.md, "How a
+            trace reaches a vector").
     """
 
     heads: tuple[str, ...] = ("coeng", "semantic")
@@ -65,6 +71,7 @@ class ModelConfig:
     content_skip: bool = True
     cold_without_id: bool = False
     min_id_count: int = 0
+    trace_input: bool = False
 
     def no_id(self, item_counts: np.ndarray) -> np.ndarray | None:
         """``ItemFeatures.no_id`` for items with these train interaction counts: True below
@@ -82,6 +89,11 @@ class ModelConfig:
             )
         if self.content not in CONTENT_MODES:
             raise ValueError(f"model.content={self.content!r}: expected one of {list(CONTENT_MODES)}")
+        if self.trace_input and self.content != "frozen":
+            raise ValueError(
+                f"model.trace_input=true needs model.content=frozen (the trace vectors are looked up "
+                f"beside the content vectors), not {self.content!r}"
+            )
         if self.min_id_count < 0:
             raise ValueError(f"model.min_id_count={self.min_id_count}: expected >= 0")
         for name in ("id_dim", "feature_dim", "head_dim"):
@@ -225,17 +237,26 @@ class MTMHModel(nn.Module):
             layers += [nn.Linear(in_dim, width), nn.ReLU()]
             in_dim = width
         self.trunk = nn.Sequential(*layers)
-        self.head_dim = cfg.head_dim or (content.dim if content is not None else 64)
+        if cfg.trace_input and (content is None or content.dim % 2):
+            raise ValueError(
+                "model.trace_input=true: the content table must hold item and trace vectors of one "
+                f"size side by side (an even width), got {content.dim if content else 0}"
+            )
+        item_dim = content.dim // (2 if cfg.trace_input else 1) if content is not None else 0
+        self.head_dim = cfg.head_dim or (item_dim if content is not None else 64)
         self.heads = nn.ModuleDict({h: nn.Linear(in_dim, self.head_dim) for h in cfg.heads})
         self.skips = nn.ModuleDict()
         if content is not None and cfg.content_skip:
             for h in cfg.heads:
                 skip = nn.Linear(content.dim, self.head_dim, bias=False)
                 with torch.no_grad():
-                    if self.head_dim == content.dim:
-                        skip.weight.copy_(torch.eye(content.dim))
+                    if self.head_dim == item_dim:
+                        skip.weight[:, :item_dim].copy_(torch.eye(item_dim))
                     else:
-                        nn.init.orthogonal_(skip.weight)
+                        skip.weight[:, :item_dim].copy_(
+                            nn.init.orthogonal_(torch.empty(self.head_dim, item_dim))
+                        )
+                    skip.weight[:, item_dim:].zero_()  # the trace half (trace_input) starts unused
                     head = cast(nn.Linear, self.heads[h])
                     head.weight.zero_()
                     head.bias.zero_()

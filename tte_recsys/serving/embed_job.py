@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 
 from tte_recsys.tte.embedder import Embedder
-from tte_recsys.tte.fusion import TraceFusion, item_vectors
+from tte_recsys.tte.fusion import TraceFusion, item_vectors, trace_vectors
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.vectors import JobSpec, write_shards
 
-__all__ = ["embed_catalog"]
+__all__ = ["embed_catalog", "embed_trace_catalog"]
 
 
 def embed_catalog(
@@ -60,3 +60,34 @@ def embed_catalog(
         )
 
     return write_shards(len(items), out_dir, spec, compute, rank, world_size)
+
+
+def embed_trace_catalog(
+    items: Sequence[ItemInput],
+    embedder: Embedder,
+    out_dir: Path,
+    spec: JobSpec,
+    traces: Mapping[str, str],
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 64,
+) -> dict[str, int]:
+    """The trace vectors of ``items`` (:func:`~tte_recsys.tte.fusion.trace_vectors`: each trace
+    embedded alone; a zero row for an item without one) into ``out_dir/shards``, in the
+    item-vector folder format: what fusion and the MTMH tower's trace input read."""
+    found = {i: [t] for i, t in traces.items()}
+
+    def compute(start: int, end: int) -> pl.DataFrame:
+        chunk = items[start:end]
+        vecs = trace_vectors(embedder, [found.get(it.item_id, []) for it in chunk], batch_size)
+        return pl.DataFrame(
+            {
+                "item_id": [it.item_id for it in chunk],
+                "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1])),
+                "model_id": spec.model_id,
+                "trace_version": spec.trace_version,
+                "has_trace": [it.item_id in found for it in chunk],
+            }
+        )
+
+    return write_shards(len(items), out_dir, spec, compute, rank, world_size, desc="embed traces")
