@@ -211,13 +211,30 @@ def test_think_then_embed_with_a_reasoner(
         "data.max_items=120",
         "compare.single_head=false",
         "compare.id_only=false",
+        "model.trace_input=true",
     )
     report = train_i2i.run(compose_cfg("train_i2i", args))
     out = tmp_path / "out"
     assert (out / "traces" / "traces.parquet").is_file()
+    # fused traces: the items' plain vectors, and the traces' own vectors beside them
     content = json.loads((out / "content" / "manifest.json").read_text())
-    assert content["items_with_trace"] > 0 and content["trace_version"] != "none"
-    assert "content" in report["methods"]
+    assert content["items_with_trace"] == 0 and content["trace_version"] == "none"
+    tv = json.loads((out / "trace_vectors" / "manifest.json").read_text())
+    assert tv["items_with_trace"] > 0 and tv["vectors"] == "traces" and tv["trace_version"].endswith("|trace-only")
+    t = report["traces"]
+    k = report["eval"]["select_k"]
+    best = max(p[f"recall@{k}"] for p in t["valid_points"])
+    plain = next(p for p in t["valid_points"] if p["weight"] == 0.0)
+    chosen = next(p for p in t["valid_points"] if (p["weight"], p["side"]) == (t["weight"], t["side"]))
+    assert chosen[f"recall@{k}"] == best >= plain[f"recall@{k}"]  # chosen on valid, never below no traces
+    # the rows with and without traces, and the paired intervals between them
+    assert {"content", "content:no traces", "mtmh:no traces"} <= set(report["methods"])
+    for iv in t["intervals"].values():
+        assert iv["lo"] <= iv["diff"] <= iv["hi"] and iv["n"] > 0
+    assert "mtmh:no traces" in (out / "report.md").read_text()
+    # the exported tower holds item and trace vectors side by side (its trace input)
+    model = json.loads((out / "export" / "model.json").read_text())
+    assert model["model"]["trace_input"] is True and model["content_dim"] == 2 * content["dim"]
 
 
 @pytest.mark.parametrize(

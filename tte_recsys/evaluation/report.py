@@ -73,8 +73,28 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str) -> str
             else []
         ),
         markdown_table(report["methods"], cols),
+        *_traces_md(report.get("traces")),
     ]
     text = "\n".join(md)
     write_json(out / "report.json", report)
     write_text(out / "report.md", text)
     return text
+
+
+def _traces_md(t: dict[str, Any] | None) -> list[str]:
+    """The traces' part of a train_i2i report: the fusion chosen on valid, and each row's paired
+    bootstrap interval against the same method without traces."""
+    if not t:
+        return []
+    lines = [
+        "",
+        f"**Traces**: fused on valid as normalize(v_item + w v_trace), w = {t['weight']:g} on the "
+        f"{t['side']} side(s) for content-only retrieval, w = {t['tower_weight']:g} in the frozen tower; "
+        f"{t['items_with_trace']} items have a trace.",
+    ]
+    for name, iv in (t.get("intervals") or {}).items():
+        lines.append(
+            f"- {name}: test recall@{iv['k']} difference {iv['diff']:+.4f} "
+            f"(95% paired bootstrap over {iv['n']} triggers: [{iv['lo']:+.4f}, {iv['hi']:+.4f}])"
+        )
+    return lines

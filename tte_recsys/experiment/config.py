@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 from omegaconf import DictConfig
 
 from tte_recsys.config import EvalConfig, from_mapping
@@ -13,6 +14,8 @@ from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.id_prior import IdPrior
 from tte_recsys.models.mtmh import ModelConfig
 from tte_recsys.training.loop import TrainerConfig
+from tte_recsys.tte.factory import is_served
+from tte_recsys.tte.fusion import TRACE_SIDES
 from tte_recsys.tte.lora import LoraSettings
 
 __all__ = ["CompareConfig", "I2IConfig", "SelectConfig", "StageConfig"]
@@ -31,6 +34,10 @@ class SelectConfig:
         shares: K1/K, the co-engagement head's share of the merged top-K.
         recall_tolerance: admissible points have valid recall >= (1 - tol) x the best; among
             them the highest valid SemRel wins.
+        trace_weights: the fusion weights w tried for traces (``embedder.traces=fuse``): content-only
+            valid recall picks one (0, no trace, is always tried, so valid never gets worse).
+        trace_sides: where the fused vector is used in content-only retrieval: ``both`` or
+            ``trigger`` (candidates stay plain); chosen with the weight.
     """
 
     lams: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -39,8 +46,20 @@ class SelectConfig:
     age_priors: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03)
     shares: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
     recall_tolerance: float = 0.05
+    trace_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5)
+    trace_sides: tuple[str, ...] = ("both", "trigger")
 
     def __post_init__(self) -> None:
+        ws = tuple(float(x) for x in self.trace_weights)
+        if not ws or any(not (np.isfinite(w) and w >= 0) for w in ws):
+            raise ValueError(f"select.trace_weights={list(ws)}: expected a non-empty list of weights >= 0")
+        object.__setattr__(self, "trace_weights", ws if 0.0 in ws else (0.0, *ws))  # no trace is a point
+        object.__setattr__(self, "trace_sides", tuple(str(x) for x in self.trace_sides))
+        bad = [x for x in self.trace_sides if x not in TRACE_SIDES]
+        if not self.trace_sides or bad:
+            raise ValueError(
+                f"select.trace_sides={list(self.trace_sides)}: expected values from {list(TRACE_SIDES)}"
+            )
         for name in (
             "lams",
             "id_prior_shrinks",
@@ -76,10 +95,13 @@ class CompareConfig:
     Attributes:
         single_head: the same model with one head (``coeng``) and lambda = 0.
         id_only: the model without content (``model.content=none``): the cold-start reference.
+        no_traces: with traces, the same model without them (content vectors of the item alone,
+            no trace input): the row that says whether thinking paid.
     """
 
     single_head: bool = True
     id_only: bool = True
+    no_traces: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,12 @@ class I2IConfig:
             content_checkpointing=bool(cfg.content_checkpointing),
             resume=bool(cfg.resume),
         )
+        if made.model.content == "trainable" and is_served(cfg.embedder):
+            raise ValueError(
+                "model.content=trainable trains the embedder inside the model, which needs its weights here, "
+                f"but embedder._target_={cfg.embedder._target_} is served over HTTP: use a local embedder "
+                "(embedder=minilm, or embedder.model_path=<folder>), or model.content=frozen"
+            )
         made.priors()  # each grid shrink is a valid prior
         for lam in made.select.lams:  # each grid lambda trains every head
             dataclasses.replace(made.loss, lam=lam).check_heads(made.model.heads)

@@ -42,10 +42,18 @@ from tte_recsys.data.split import (
     temporal_split,
 )
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.protocol import Metrics, evaluate_baselines, evaluate_retriever
+from tte_recsys.evaluation.metrics import paired_bootstrap, per_trigger_recall
+from tte_recsys.evaluation.protocol import Metrics, evaluate_baselines, evaluate_retriever, retrieve_all
 from tte_recsys.evaluation.quota import choose_point
 from tte_recsys.experiment.config import I2IConfig
-from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config, uses_reasoner
+from tte_recsys.experiment.stages import (
+    embed_items,
+    generate_catalog_traces,
+    stage_config,
+    trace_fusion,
+    uses_reasoner,
+)
+from tte_recsys.experiment.trace_choice import TraceChoice, choose_fusion
 from tte_recsys.experiment.trainer import TrainContext, Trained, VariantTrainer
 from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.content import ContentSpec, ContentTower, FrozenContent, build_content_tower
@@ -78,6 +86,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+NO_TRACES = "mtmh:no traces"  # the reference row: the same model, trained the same way, without traces
+
+
+def mtmh_row(choice: Choice) -> str:
+    """The report row of the served operating point."""
+    return f"mtmh (K1/K={choice.share:g}, lambda={choice.lam:g})"
 
 
 @dataclass
@@ -99,6 +113,8 @@ class I2IRun:
     out: Path
     rank: int = 0
     world: int = 1
+    traces: TraceChoice | None = None  # with fused traces: the plain and trace vectors, the valid choice
+    plain_content: ContentTower | None = None  # with traces: the tower without them (the reference)
 
     @property
     def heads(self) -> list[str]:
@@ -154,6 +170,7 @@ class Scores:
     valid_curve: list[dict[str, Any]]
     methods_refit: dict[str, Metrics] | None = None  # the headline rows, when refit
     test_curve_refit: list[dict[str, Any]] | None = None
+    trace_intervals: dict[str, Any] | None = None  # with traces: paired intervals against no traces
 
 
 def _traces(cfg: DictConfig, out: Path) -> str | None:
@@ -179,16 +196,64 @@ def _content_folder(cfg: DictConfig, out: Path, traces: Callable[[], str | None]
     if cfg.content_dir:
         return str(cfg.content_dir)
     folder = out / "content"
-    sub = stage_config(cfg, traces_dir=traces(), shard_size=cfg.shard_size, output_dir=str(folder))
+    # fused traces: the items' plain vectors here, the traces' own vectors beside them (_trace_choice)
+    with_traces = None if trace_fusion(cfg.embedder).mode == "fuse" else traces()
+    sub = stage_config(cfg, traces_dir=with_traces, shard_size=cfg.shard_size, output_dir=str(folder))
     embed_items(sub, folder)
     return str(folder)
 
 
+def _trace_choice(
+    run_cfg: I2IConfig,
+    cfg: DictConfig,
+    out: Path,
+    ds: Dataset,
+    valid: Any,
+    labeler: RelevanceLabeler,
+    folder: str | None,
+    traces: Callable[[], str | None],
+) -> TraceChoice | None:
+    """With ``embedder.traces=fuse`` and traces: the trace vectors (into ``out/trace_vectors``)
+    beside the plain ones in ``folder``, and the fusion chosen on valid (:mod:`.trace_choice`)."""
+    if folder is None or trace_fusion(cfg.embedder).mode != "fuse" or (traces_dir := traces()) is None:
+        return None
+    tv_folder = out / "trace_vectors"
+    sub = stage_config(cfg, traces_dir=traces_dir, shard_size=cfg.shard_size, output_dir=str(tv_folder))
+    embed_items(sub, tv_folder, what="traces")
+    ids = ds.items["item_id"].to_list()
+    plain, trace = load_vectors(folder).aligned(ids), load_vectors(tv_folder).aligned(ids)
+    if plain.shape != trace.shape:
+        raise ValueError(
+            f"trace vectors {trace.shape} and content vectors {plain.shape} ({folder}) differ in size"
+        )
+    sel = run_cfg.select
+    choice = choose_fusion(plain, trace, valid, labeler, run_cfg.eval, sel.trace_weights, sel.trace_sides)
+    log.info(
+        "traces fused on valid: w=%g (%s); tower w=%g",
+        choice.fusion.weight,
+        choice.fusion.side,
+        choice.tower_weight,
+    )
+    return choice
+
+
 def _content_tower(
-    run_cfg: I2IConfig, cfg: DictConfig, ds: Dataset, folder: str | None, traces: Callable[[], str | None]
+    run_cfg: I2IConfig,
+    cfg: DictConfig,
+    ds: Dataset,
+    folder: str | None,
+    traces: Callable[[], str | None],
+    choice: TraceChoice | None = None,
 ) -> tuple[ContentTower | None, ContentSpec]:
-    """The content tower ``model.content`` asks for, from the one factory, and its spec."""
+    """The content tower ``model.content`` asks for, from the one factory, and its spec. With a
+    trace ``choice`` its frozen table is the fused vectors, or (``model.trace_input``) the plain
+    and trace vectors side by side."""
     mode = run_cfg.model.content
+    if run_cfg.model.trace_input and choice is None:
+        raise ValueError(
+            "model.trace_input=true needs traces (a reasoner, e.g. reasoner=smollm2, or traces_dir=<generate_traces "
+            "run>) fused as their own vectors (embedder.traces=fuse)"
+        )
     spec = ContentSpec.from_embedder_config(
         mode, cfg.embedder, dataclasses.asdict(run_cfg.lora), run_cfg.content_checkpointing
     )
@@ -198,8 +263,10 @@ def _content_tower(
         assert folder is not None, "frozen content needs its vectors folder"
         vectors = load_vectors(folder)
         table = vectors.aligned(ds.items["item_id"].to_list())
+        if choice is not None:
+            table = choice.tower_table(run_cfg.model.trace_input)
         want = run_cfg.model.content_dim
-        if want is not None and table.shape[1] != want:
+        if want is not None and table.shape[1] // (2 if run_cfg.model.trace_input else 1) != want:
             raise ValueError(
                 f"model.content_dim={want} but the content vectors in {folder} have dim {table.shape[1]}"
             )
@@ -246,7 +313,11 @@ def prepare(cfg: DictConfig, out: Path, rank: int = 0, world: int = 1) -> I2IRun
         OmegaConf.update(cfg, "data.labels.teacher", folder)  # the saved config names the folder
     model_cfg = run_cfg.model
     features = ItemFeatures.from_items(ds.items, model_cfg.features, model_cfg.no_id(split.item_counts))
-    content, spec = _content_tower(run_cfg, cfg, ds, folder, traces)
+    choice = _trace_choice(run_cfg, cfg, out, ds, split.valid, labeler, folder, traces)
+    content, spec = _content_tower(run_cfg, cfg, ds, folder, traces, choice)
+    plain = None
+    if choice is not None and cfg.compare.no_traces and model_cfg.content == "frozen":
+        plain = build_content_tower(spec, table=torch.from_numpy(choice.plain))
     ctx = TrainContext(
         split,
         labeler,
@@ -275,6 +346,8 @@ def prepare(cfg: DictConfig, out: Path, rank: int = 0, world: int = 1) -> I2IRun
         out,
         rank,
         world,
+        choice,
+        plain,
     )
 
 
@@ -371,6 +444,9 @@ def _reference_specs(
     if cfg.compare.id_only and cfg.model.content != "none":
         ic = dataclasses.replace(cfg.model, content="none")
         specs.append(("id_only", ic, dataclasses.replace(cfg.loss, lam=choice.lam), None))
+    if run.plain_content is not None:  # the same model, trained the same way, without traces
+        nc = dataclasses.replace(cfg.model, trace_input=False)
+        specs.append((NO_TRACES, nc, dataclasses.replace(cfg.loss, lam=choice.lam), run.plain_content))
     return specs
 
 
@@ -417,13 +493,16 @@ def _rows(
     """The retrievers of one view's rows: content-only, MTMH at the chosen point and each head
     alone, each reference (``vecs``: name -> head -> vectors, "mtmh" included)."""
     extra: dict[str, Callable[[], ItemRetriever]] = {}
-    if isinstance(run.content, FrozenContent):
+    if run.traces is not None:
+        extra["content"] = partial(ContentCosine, *run.traces.content_only())
+        extra["content:no traces"] = partial(ContentCosine, run.traces.plain)
+    elif isinstance(run.content, FrozenContent):
         extra["content"] = partial(ContentCosine, run.content.table.numpy())
     elif run.content_folder is not None:
         start = load_vectors(run.content_folder).aligned(run.ds.items["item_id"].to_list())
         extra["content"] = partial(ContentCosine, start)
     heads = run.heads
-    extra[f"mtmh (K1/K={choice.share:g}, lambda={choice.lam:g})"] = partial(
+    extra[mtmh_row(choice)] = partial(
         HeadVectorsRetriever, vecs["mtmh"], quota_shares(heads, choice.share), "mtmh", bias
     )
     for h in heads:
@@ -455,6 +534,8 @@ def score(
         if (c["lam"], c["id_prior_shrink"], c["pop_prior"], c["age_prior"]) == chosen
     ]
     scores = Scores(methods, selection, test_curve, valid_curve)
+    rows = _rows(run, vecs, ref_cfgs, choice, bias)
+    test = run.split.test
     if refit_run is not None:
         rvecs = {name: t.variants[choice.shrink].vecs for name, t in refit_run.models.items()}
         lam = float(selection["ease"]["lambda"])  # type: ignore[index]
@@ -467,7 +548,33 @@ def score(
             ease_lambda=lam,
         )
         scores.test_curve_refit = quota_sweep(run, rvecs["mtmh"], refit_run.split.test, refit_run.bias)
+        rows, test = _rows(run, rvecs, ref_cfgs, choice, refit_run.bias), refit_run.split.test
+    if run.traces is not None:  # the headline view's rows
+        pairs = [("content", "content:no traces"), (mtmh_row(choice), NO_TRACES)]
+        scores.trace_intervals = trace_intervals(
+            rows, pairs, test, run.cfg.eval.select_k, run.cfg.eval.batch_size
+        )
     return scores
+
+
+def trace_intervals(
+    rows: dict[str, Callable[[], ItemRetriever]],
+    pairs: list[tuple[str, str]],
+    evalset: Any,
+    k: int,
+    batch_size: int,
+    resamples: int = 1000,
+) -> dict[str, Any]:
+    """Per (row, reference) pair present in ``rows``: the paired bootstrap 95% interval of the
+    per-trigger recall@``k`` difference (row minus reference) on ``evalset``."""
+    per: dict[str, np.ndarray] = {}
+    for name in {n for pair in pairs for n in pair if n in rows}:
+        per[name] = per_trigger_recall(evalset, retrieve_all(rows[name](), evalset.triggers, k, batch_size))
+    return {
+        f"{a} vs {b}": {"k": k, **paired_bootstrap(per[a], per[b], resamples)}
+        for a, b in pairs
+        if a in per and b in per
+    }
 
 
 def export_chosen(
@@ -573,6 +680,11 @@ def assemble_report(
         "training": {name: _training(t) for name, t in models.items()},
         "quota_test_curve": scores.test_curve,
         "methods": scores.methods,
+        **(
+            {"traces": {**run.traces.summary(), "intervals": scores.trace_intervals}}
+            if run.traces is not None
+            else {}
+        ),
         **refit_part,
         "world_size": run.world,
     }

@@ -1,0 +1,100 @@
+"""Which fusion of the traces a run uses, chosen on valid (never on test).
+
+With ``embedder.traces=fuse`` a run holds each item's plain vector and its trace vector
+(:func:`~tte_recsys.tte.fusion.trace_vectors`) and tries every ``(w, side)`` of
+``select.trace_weights x select.trace_sides`` with content-only retrieval on the valid split.
+``w = 0`` is always in the grid, so the choice is never worse on valid than no traces. The MTMH
+tower's frozen content (one vector per item, the same on both sides) takes the best weight among
+the ``both`` points; its trace input (``model.trace_input``) takes the plain and trace vectors
+side by side and learns the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tte_recsys.config import EvalConfig
+from tte_recsys.data.labels import RelevanceLabeler
+from tte_recsys.data.split import EvalSet
+from tte_recsys.evaluation.baselines import ContentCosine
+from tte_recsys.evaluation.protocol import evaluate_retriever
+from tte_recsys.tte.fusion import TraceFusion, fuse
+
+__all__ = ["TraceChoice", "choose_fusion", "content_retriever_vectors"]
+
+
+def content_retriever_vectors(
+    plain: np.ndarray, trace: np.ndarray, fusion: TraceFusion
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(candidate vectors, trigger vectors or None when the same) of content-only retrieval."""
+    fused = fuse(plain, trace, fusion.weight)
+    return (fused, None) if fusion.side == "both" else (plain, fused)
+
+
+@dataclass
+class TraceChoice:
+    """A run's plain and trace vectors (N, D) and the fusion chosen on valid.
+
+    Attributes:
+        fusion: the content-only choice (weight and side).
+        tower_weight: the weight of the frozen content tower's vectors (the best ``both`` point).
+        grid: every valid point tried, ``{"weight", "side", "recall@K", "semrel@K"}``.
+    """
+
+    plain: np.ndarray
+    trace: np.ndarray
+    fusion: TraceFusion
+    tower_weight: float
+    grid: list[dict[str, Any]] = field(default_factory=list)
+
+    def content_only(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return content_retriever_vectors(self.plain, self.trace, self.fusion)
+
+    def tower_table(self, trace_input: bool) -> np.ndarray:
+        """The frozen content tower's table: plain and trace vectors side by side with the trace
+        input, else the vectors fused at ``tower_weight``."""
+        if trace_input:
+            return np.concatenate([self.plain, self.trace], axis=1).astype(np.float32)
+        return fuse(self.plain, self.trace, self.tower_weight)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "weight": self.fusion.weight,
+            "side": self.fusion.side,
+            "tower_weight": self.tower_weight,
+            "items_with_trace": int(np.count_nonzero(np.abs(self.trace).sum(axis=1))),
+            "valid_points": self.grid,
+        }
+
+
+def choose_fusion(
+    plain: np.ndarray,
+    trace: np.ndarray,
+    valid: EvalSet,
+    labeler: RelevanceLabeler,
+    cfg: EvalConfig,
+    weights: Sequence[float],
+    sides: Sequence[str],
+) -> TraceChoice:
+    """Content-only valid recall@``cfg.select_k`` of every (weight, side); the best wins, ties to
+    the smaller weight (then ``both``). ``weights`` must hold 0."""
+    if 0.0 not in weights:
+        raise ValueError(f"trace weights {list(weights)}: 0 (no trace) must be among them")
+    k = cfg.select_k
+    grid: list[dict[str, Any]] = []
+    for w in sorted(set(weights)):
+        for side in sides if w > 0 else ("both",):  # w = 0 is the plain vector on either side
+            f = TraceFusion("fuse", w, side)
+            m = evaluate_retriever(
+                ContentCosine(*content_retriever_vectors(plain, trace, f)), valid, labeler, len(plain), cfg
+            )
+            grid.append(
+                {"weight": w, "side": side, f"recall@{k}": m[f"recall@{k}"], f"semrel@{k}": m[f"semrel@{k}"]}
+            )
+    best = max(grid, key=lambda p: (p[f"recall@{k}"], -p["weight"], p["side"] == "both"))
+    both = max((p for p in grid if p["side"] == "both"), key=lambda p: (p[f"recall@{k}"], -p["weight"]))
+    return TraceChoice(plain, trace, TraceFusion("fuse", best["weight"], best["side"]), both["weight"], grid)
