@@ -220,7 +220,11 @@ def test_think_then_embed_with_a_reasoner(
     content = json.loads((out / "content" / "manifest.json").read_text())
     assert content["items_with_trace"] == 0 and content["trace_version"] == "none"
     tv = json.loads((out / "trace_vectors" / "manifest.json").read_text())
-    assert tv["items_with_trace"] > 0 and tv["vectors"] == "traces" and tv["trace_version"].endswith("|trace-only")
+    assert (
+        tv["items_with_trace"] > 0
+        and tv["vectors"] == "traces"
+        and tv["trace_version"].endswith("|trace-only")
+    )
     t = report["traces"]
     k = report["eval"]["select_k"]
     best = max(p[f"recall@{k}"] for p in t["valid_points"])
