@@ -22,16 +22,19 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 import polars as pl
 
 from tte_recsys.artifacts import atomic_path, write_manifest, write_parquet
-from tte_recsys.models.export import ExportedModel
 from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure, near_queries
 from tte_recsys.vectors import SHARDS, JobSpec, write_shards
+
+# only a type here: readers of a bundle (the retriever, the service) skip the model's imports
+if TYPE_CHECKING:
+    from tte_recsys.models.export import ExportedModel
 
 __all__ = ["KIND", "PROBES", "build_bundle", "query_rows", "read_head_chunks", "write_vectors"]
 
