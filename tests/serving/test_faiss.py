@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from pipelines import evaluate, export_faiss, train_i2i
+from pipelines import evaluate
 from tests.helpers import CONFIG_DIR
 from tte_recsys.artifacts import ManifestError, sha256_file
 from tte_recsys.serving.faiss_index import IndexConfig, build_index, exact_topk, measure
@@ -73,25 +73,6 @@ def test_auto_kind_by_size_and_bad_config() -> None:
 def _compose(name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(name, overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
-    root = tmp_path_factory.mktemp("serving")
-    args = ["debug=tiny", f"embedder.model_path={tiny_qwen_dir}", "embedder.pooling=last"]
-    args += ["compare.single_head=false", "compare.id_only=false", "select.shares=[0.5]"]
-    # No id prior here: the tiny random model's item vectors lie in a narrow cone (cosines above
-    # 0.999), and the prior narrows it further, to where float32 rounding in faiss's sgemm and
-    # numpy's matmul orders near-tied neighbours (one ulp apart) differently, while the test
-    # below wants exact equality. Real data shows the same effect in 0.1% of slots (docs/results.md).
-    args += ["select.id_prior_shrinks=[0.0]"]
-    # A popularity prior, so that every test below goes through the biased index ([v, bias] rows).
-    args += ["select.pop_priors=[0.05]"]
-    report = train_i2i.run(_compose("train_i2i", [*args, f"output_dir={root / 'run'}"]))
-    export_faiss.run(
-        _compose("export_faiss", ["debug=tiny", f"model_dir={root / 'run'}", f"output_dir={root / 'bundle'}"])
-    )
-    return root / "run", root / "bundle", report
 
 
 def test_served_quality_equals_the_trained_model(bundle: tuple[Path, Path, dict]) -> None:  # type: ignore[type-arg]
