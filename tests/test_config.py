@@ -124,16 +124,14 @@ def _build_data(cfg: DictConfig, group: str) -> object:
 
 
 def _build_embedder(cfg: DictConfig, group: str) -> object:
+    """Through the one factory every pipeline uses; a served embedder is built, nothing connects."""
     from tte_recsys.tte.embedder import Embedder
-    from tte_recsys.tte.factory import embedder_from_config
+    from tte_recsys.tte.factory import encoder_from_config
     from tte_recsys.tte.openai_embedder import OpenAIEmbedder
 
-    if "_target_" in cfg.embedder:  # a served embedder (eval_mmeb): built, nothing connects
-        remote = instantiate(cfg.embedder)
-        assert isinstance(remote, OpenAIEmbedder) and remote.model_id
-        return remote
-    emb, model_id = embedder_from_config({**cfg.embedder, "runtime": "torch", "device": "cpu"})
-    assert isinstance(emb, Embedder) and model_id
+    local = {"runtime": "torch", "device": "cpu"} if "model_path" in cfg.embedder else {}
+    emb, model_id, fingerprint = encoder_from_config({**cfg.embedder, **local})
+    assert isinstance(emb, OpenAIEmbedder if local == {} else Embedder) and model_id and fingerprint
     return emb
 
 
@@ -189,12 +187,10 @@ BUILDERS = _builders()
 def test_every_config_group_option_composes_and_builds(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, group: str, option: str
 ) -> None:
-    # train_i2i holds every group but serving; export_faiss holds serving; a served embedder
-    # scores MMEB only (training needs the model's weights)
+    # train_i2i holds every group but serving; export_faiss holds serving
     root = "export_faiss" if group == "serving" else "train_i2i"
     overrides = [f"{group}={option}"]
     if group == "embedder" and option == "openai":
-        root = "eval_mmeb"
         overrides += ["embedder.base_url=http://127.0.0.1:9/v1", "embedder.model=m"]
     if root == "export_faiss":
         overrides.append("model_dir=unused")

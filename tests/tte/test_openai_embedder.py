@@ -1,6 +1,7 @@
 """The OpenAI-compatible embeddings backend against a real HTTP server on 127.0.0.1, backed by the
 tiny vision-language embedder: the same vectors as the local model, images as data URLs, bounded
-concurrency, retries, and eval_mmeb through it giving the local model's scores."""
+concurrency, retries; and every pipeline through it as through the local model: eval_mmeb's
+scores, embed_items' vectors, train_i2i's frozen content (one factory: tte.factory)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from pipelines import eval_mmeb
-from tests.helpers import ScriptedJSONServer
+from pipelines import embed_items, eval_mmeb
+from tests.helpers import ScriptedJSONServer, embed_overrides
+from tte_recsys.artifacts import read_manifest
 from tte_recsys.evaluation.mmeb.synthetic import make_synthetic_root
+from tte_recsys.experiment.i2i import prepare
+from tte_recsys.models.content import FrozenContent
 from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.http import ClientSettings, RequestFailed
 from tte_recsys.tte.openai_embedder import OpenAIEmbedder
 from tte_recsys.tte.tiny import build_tiny_qwen2_vl
+from tte_recsys.vectors import load_vectors
 
 
 class EmbeddingServer(ScriptedJSONServer):
@@ -124,3 +129,46 @@ def test_eval_mmeb_through_the_server_scores_as_the_local_model(
         {k: v["score"] for k, v in b["tasks"].items()}
     )
     assert b["embedder"].startswith("openai:http://127.0.0.1") and a["fingerprint"] != b["fingerprint"]
+
+
+def _served(server: EmbeddingServer) -> list[str]:
+    return ["embedder=openai", f"embedder.base_url={server.url}", "embedder.model=tiny"]
+
+
+def test_embed_items_and_train_i2i_content_through_the_server_give_the_local_vectors(
+    server: EmbeddingServer, vl_dir: Path, tmp_path: Path, compose_cfg: Callable[..., DictConfig]
+) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    args = embed_overrides(vl_dir, local, "embedder.runtime=torch")
+    embed_items.run(compose_cfg("embed_items", args))
+    served = [a for a in embed_overrides(vl_dir, remote) if not a.startswith("embedder.")] + _served(server)
+    embed_items.run(compose_cfg("embed_items", served))
+    a, b = load_vectors(local), load_vectors(remote)
+    assert a.ids == b.ids and len(a.ids) == 150
+    np.testing.assert_allclose(b.vectors, a.vectors, atol=1e-6)
+    assert b.model_id == f"openai:{server.url}:tiny:" and a.model_id != b.model_id
+    requests = len(server.bodies)
+    embed_items.run(compose_cfg("embed_items", served))  # resumed: every shard is there
+    assert len(server.bodies) == requests
+    assert read_manifest(remote, kind="embed_items")["dim"] == a.vectors.shape[1]
+
+    # train_i2i's content stage: the frozen tower holds the served vectors
+    cfg = compose_cfg(
+        "train_i2i", ["debug=tiny", "data=amazon_office", "data.max_items=150", *_served(server)]
+    )
+    run = prepare(cfg, tmp_path / "run")
+    assert isinstance(run.content, FrozenContent) and run.content_folder == str(tmp_path / "run" / "content")
+    np.testing.assert_allclose(
+        run.content.table.numpy(), a.aligned(run.ds.items["item_id"].to_list()), atol=1e-6
+    )
+
+
+def test_a_served_embedder_cannot_be_trained_inside_the_model(
+    server: EmbeddingServer, compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = compose_cfg("train_i2i", ["debug=tiny", "model.content=trainable", *_served(server)])
+    with pytest.raises(
+        ValueError, match=r"model\.content=trainable .* is served over HTTP: use a local embedder"
+    ):
+        prepare(cfg, tmp_path / "run")
+    assert not server.bodies  # refused before any work

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, cast
 
+import polars as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,13 +20,13 @@ from tte_recsys import distributed
 from tte_recsys.artifacts import write_json, write_parquet
 from tte_recsys.runs import finish_run, load_dataset
 from tte_recsys.serving.embed_job import embed_catalog, embed_trace_catalog
-from tte_recsys.tte.factory import embedder_from_config
+from tte_recsys.tte.factory import encoder_from_config
 from tte_recsys.tte.fusion import TraceFusion
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.generate import TraceSummary, generate_traces, load_trace_texts, trace_keys
 from tte_recsys.tte.reasoner.prompts import get_template
-from tte_recsys.vectors import JobSpec
+from tte_recsys.vectors import SHARDS, JobSpec
 
 __all__ = ["embed_items", "generate_catalog_traces", "stage_config", "trace_fusion", "uses_reasoner"]
 
@@ -74,7 +75,7 @@ def embed_items(cfg: DictConfig, out: Path, what: str = "items") -> dict[str, An
     ds = load_dataset(cfg.data)
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces, trace_version = load_trace_texts(str(cfg.traces_dir), items) if cfg.traces_dir else ({}, "none")
-    embedder, model_id = embedder_from_config(cfg.embedder)
+    embedder, model_id, _ = encoder_from_config(cfg.embedder)  # local or served (embedder=openai)
     batch = int(cfg.embedder.batch_size)
     if what == "traces":
         if not traces:
@@ -90,7 +91,8 @@ def embed_items(cfg: DictConfig, out: Path, what: str = "items") -> dict[str, An
     all_stats = distributed.all_gather_objects(stats)
     distributed.barrier()
     result: dict[str, Any] = {k: sum(s[k] for s in all_stats) for k in stats}
-    result.update(items=ds.num_items, items_with_trace=len(traces), dim=embedder.dim, world_size=world)
+    dim = embedder.dim or _written_dim(out)  # a served embedder that encoded nothing here (resumed)
+    result.update(items=ds.num_items, items_with_trace=len(traces), dim=dim, world_size=world)
     if rank == 0:
         meta = {"model_id": model_id, "trace_version": spec.trace_version, "vectors": what, **result}
         finish_run(out, "embed_items", cfg, meta)
@@ -105,6 +107,12 @@ def trace_fusion(e: Any) -> TraceFusion:
     return TraceFusion(
         str(e.get("traces", d.mode)), float(e.get("trace_weight", d.weight)), str(e.get("trace_side", d.side))
     )
+
+
+def _written_dim(out: Path) -> int:
+    """The width of the vectors in ``out``'s first shard."""
+    shard = min((out / SHARDS).glob("part-*.parquet"))
+    return int(pl.read_parquet_schema(shard)["vector"].size)  # type: ignore[attr-defined]
 
 
 def stage_config(cfg: DictConfig, **keys: Any) -> DictConfig:

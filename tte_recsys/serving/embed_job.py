@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tte_recsys.tte.embedder import Embedder
+from tte_recsys.tte.embedder import Encoder
 from tte_recsys.tte.fusion import TraceFusion, item_vectors, trace_vectors
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.vectors import JobSpec, write_shards
@@ -22,7 +22,7 @@ __all__ = ["embed_catalog", "embed_trace_catalog"]
 
 def embed_catalog(
     items: Sequence[ItemInput],
-    embedder: Embedder,
+    embedder: Encoder,
     out_dir: Path,
     spec: JobSpec,
     traces: Mapping[str, str] | None = None,
@@ -64,7 +64,7 @@ def embed_catalog(
 
 def embed_trace_catalog(
     items: Sequence[ItemInput],
-    embedder: Embedder,
+    embedder: Encoder,
     out_dir: Path,
     spec: JobSpec,
     traces: Mapping[str, str],

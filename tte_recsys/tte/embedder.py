@@ -7,6 +7,7 @@ texts, batches of similar token length (sorted), results back in input order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,7 +19,24 @@ from tte_recsys.progress import progress
 from tte_recsys.tte.pooling import MetaQueries
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "Encoder"]
+
+
+class Encoder(Protocol):
+    """What encodes inputs, wherever the model runs: the local :class:`Embedder` (and its ONNX
+    subclass) or a served one such as :class:`~tte_recsys.tte.openai_embedder.OpenAIEmbedder`.
+    ``dim`` is the vector width (a served embedder knows it once it has encoded)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = ...,
+        show_progress: bool = ...,
+        images: Sequence[str | Sequence[str] | None] | None = ...,
+    ) -> np.ndarray: ...
 
 
 class Embedder(nn.Module):
@@ -62,7 +80,8 @@ class Embedder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        """The backbone's hidden size (a vision-language model's is its text model's)."""
+        return int(self.backbone.config.get_text_config().hidden_size)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **images: torch.Tensor

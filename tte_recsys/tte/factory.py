@@ -1,5 +1,6 @@
-"""Where embedders are built: from a local model folder (:func:`build_embedder`) or an
-``embedder`` config section (:func:`embedder_from_config`), in PyTorch or ONNX Runtime.
+"""Where embedders are built: from a local model folder (:func:`build_embedder`), in PyTorch or
+ONNX Runtime, or from an ``embedder`` config section, local or served
+(:func:`encoder_from_config`, what every pipeline that encodes calls).
 
 The one place that knows both runtimes, so :mod:`tte_recsys.tte.embedder` (the module) and
 :mod:`tte_recsys.tte.onnx_runtime` (its ONNX subclass) import nothing of each other's but the class.
@@ -13,18 +14,30 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from hydra.utils import instantiate
 from torch import nn
 from transformers import PreTrainedModel
 
 from tte_recsys.artifacts import sha256_file
 from tte_recsys.distributed import resolve_device
-from tte_recsys.tte.embedder import Embedder
+from tte_recsys.tte.embedder import Embedder, Encoder
 from tte_recsys.tte.models import auto_dtype, load_backbone, resolve_model_dir
 from tte_recsys.tte.onnx_runtime import OnnxEmbedder, onnx_unsupported
 from tte_recsys.tte.pooling import MetaQueries, make_pooling
 from tte_recsys.tte.vision import VisionAdapter
 
-__all__ = ["build_embedder", "embedder_fingerprint", "embedder_from_config", "weights_digest"]
+__all__ = [
+    "build_embedder",
+    "embedder_fingerprint",
+    "embedder_from_config",
+    "encoder_from_config",
+    "is_served",
+    "weights_digest",
+]
+
+# Keys of an ``embedder`` section that say how traces reach the vectors (tte_recsys.tte.fusion,
+# read by tte_recsys.experiment.stages.trace_fusion), not how an input is encoded.
+TRACE_KEYS = ("traces", "trace_weight", "trace_side")
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -97,8 +110,38 @@ def build_embedder(
     return emb.to(dev)
 
 
+def is_served(e: Mapping[str, Any]) -> bool:
+    """Whether an ``embedder`` section is a served embedder (a ``_target_`` class such as
+    :class:`~tte_recsys.tte.openai_embedder.OpenAIEmbedder`, ``embedder=openai``) rather than a
+    local model folder (``model_path``)."""
+    return "_target_" in e
+
+
+def encoder_from_config(e: Mapping[str, Any]) -> tuple[Encoder, str, str]:
+    """The encoder of any ``embedder`` section, its model id (what produced the vectors: an
+    item-vector folder records it) and its fingerprint (an embedding cache's key).
+
+    A local model folder: :func:`embedder_from_config`; the fingerprint covers its weights. A
+    served embedder: built from its ``_target_``; its model id names the server, the model and
+    your ``revision`` tag (``openai:<base_url>:<model>:<revision>``), and the fingerprint is that
+    id's digest, since a server cannot say what its weights are.
+    """
+    if is_served(e):
+        enc = instantiate({k: v for k, v in e.items() if k not in TRACE_KEYS})
+        model_id = str(enc.model_id)
+        return enc, model_id, hashlib.sha256(model_id.encode()).hexdigest()
+    emb, model_id = embedder_from_config(e)
+    return emb, model_id, embedder_fingerprint(e, model_id)
+
+
 def embedder_from_config(e: Mapping[str, Any]) -> tuple[Embedder, str]:
-    """An embedder from an ``embedder`` config section, and its model id (what produced the vectors)."""
+    """A local embedder from an ``embedder`` section, and its model id (what produced the vectors).
+    A served section is refused: what calls this needs the model's weights here."""
+    if is_served(e):
+        raise ValueError(
+            f"embedder: {e['_target_']} (a served embedder, e.g. embedder=openai) cannot be used here, "
+            "which needs the model's weights: use a local one (embedder=minilm, or embedder.model_path=<folder>)"
+        )
     embedder = build_embedder(
         str(e["model_path"]),
         pooling=str(e["pooling"]),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tte_recsys.tte.embedder import Embedder
+from tte_recsys.tte.embedder import Encoder
 from tte_recsys.tte.items import ItemInput, embedding_text
 
 __all__ = ["TRACE_MODES", "TRACE_SIDES", "TraceFusion", "fuse", "item_vectors", "trace_vectors"]
@@ -68,15 +68,14 @@ def fuse(item: np.ndarray, trace: np.ndarray, weight: float) -> np.ndarray:
     return (v / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def trace_vectors(embedder: Embedder, traces: Sequence[Sequence[str]], batch_size: int = 64) -> np.ndarray:
+def trace_vectors(embedder: Encoder, traces: Sequence[Sequence[str]], batch_size: int = 64) -> np.ndarray:
     """(N, D): per item, the mean of the unit vectors of its traces (each embedded alone, in one
     ``encode`` call for all of them); a zero row for an item without a trace."""
     flat = [t for ts in traces for t in ts]
-    dim = embedder.dim
-    out = np.zeros((len(traces), dim), dtype=np.float32)
     if not flat:
-        return out
+        return np.zeros((len(traces), embedder.dim), dtype=np.float32)
     vecs = np.asarray(embedder.encode(flat, batch_size=batch_size), dtype=np.float32).reshape(len(flat), -1)
+    out = np.zeros((len(traces), vecs.shape[1]), dtype=np.float32)  # a served embedder's dim: known now
     counts = np.array([len(ts) for ts in traces])
     owner = np.repeat(np.arange(len(traces)), counts)
     np.add.at(out, owner, vecs)
@@ -86,7 +85,7 @@ def trace_vectors(embedder: Embedder, traces: Sequence[Sequence[str]], batch_siz
 
 
 def item_vectors(
-    embedder: Embedder,
+    embedder: Encoder,
     items: Sequence[ItemInput],
     traces: Mapping[str, Sequence[str]],
     fusion: TraceFusion,

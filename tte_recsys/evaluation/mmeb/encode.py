@@ -15,28 +15,15 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import polars as pl
 
 from tte_recsys.evaluation.mmeb.data import Entry, safe_name
+from tte_recsys.tte.embedder import Encoder
 from tte_recsys.vectors import SHARDS, JobSpec, write_shards
 
 __all__ = ["Encoder", "SideJob", "encode_side", "load_side"]
-
-
-class Encoder(Protocol):
-    """What encodes inputs: the local :class:`~tte_recsys.tte.embedder.Embedder` or the
-    :class:`~tte_recsys.tte.openai_embedder.OpenAIEmbedder`."""
-
-    def encode(
-        self,
-        texts: Sequence[str],
-        batch_size: int = ...,
-        show_progress: bool = ...,
-        images: Sequence[str | Sequence[str] | None] | None = ...,
-    ) -> np.ndarray: ...
 
 
 def _digest(entries: Sequence[Entry], texts: Sequence[str], trace_version: str) -> str:

@@ -7,7 +7,6 @@ all shards are written. A task whose files are missing is reported as skipped wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,32 +18,22 @@ from tte_recsys import distributed
 from tte_recsys.artifacts import write_json, write_parquet, write_text
 from tte_recsys.config import from_mapping
 from tte_recsys.evaluation.mmeb.data import Entry, MissingTaskData, TaskData, safe_name
-from tte_recsys.evaluation.mmeb.encode import Encoder, SideJob, encode_side, load_side
+from tte_recsys.evaluation.mmeb.encode import SideJob, encode_side, load_side
 from tte_recsys.evaluation.mmeb.readers import ReadSettings, read_task
 from tte_recsys.evaluation.mmeb.registry import families, select_tasks, task_table
 from tte_recsys.evaluation.mmeb.report import render_report
 from tte_recsys.evaluation.mmeb.scoring import TIES, aggregate, score_task
 from tte_recsys.runs import finish_run
-from tte_recsys.tte.factory import embedder_fingerprint, embedder_from_config
+from tte_recsys.tte.factory import encoder_from_config
 from tte_recsys.tte.items import with_trace
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.generate import generate_traces, trace_keys, trace_texts
 from tte_recsys.tte.reasoner.prompts import get_template
 
-__all__ = ["build_encoder", "evaluate_mmeb", "list_tasks"]
+__all__ = ["evaluate_mmeb", "list_tasks"]
 
 log = logging.getLogger(__name__)
 THINK = ("none", "query", "target", "both")
-
-
-def build_encoder(e: DictConfig) -> tuple[Encoder, str, str]:
-    """(encoder, model id, fingerprint) of an ``embedder`` section: a local model folder, or a
-    ``_target_`` such as :class:`~tte_recsys.tte.openai_embedder.OpenAIEmbedder`."""
-    if "_target_" in e:
-        enc = instantiate(e)
-        return enc, str(enc.model_id), hashlib.sha256(str(enc.model_id).encode()).hexdigest()
-    emb, model_id = embedder_from_config(e)
-    return emb, model_id, embedder_fingerprint(e, model_id)
 
 
 def list_tasks(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -89,7 +78,7 @@ def evaluate_mmeb(cfg: DictConfig, out: Path, root: Path) -> dict[str, Any]:
     tasks = _selected(cfg)
     fams = families(OmegaConf.to_container(cfg.columns, resolve=True) if cfg.columns else None)  # type: ignore[arg-type]
     read = from_mapping(ReadSettings, cfg.read, "read")
-    encoder, model_id, fingerprint = build_encoder(cfg.embedder)
+    encoder, model_id, fingerprint = encoder_from_config(cfg.embedder)
     reasoner = instantiate(cfg.reasoner) if cfg.think != "none" else None
     trace_cache = TraceCache(Path(str(cfg.trace_cache_dir)), writer=f"rank{rank}") if reasoner else None
     batch_size = int(cfg.embedder.get("batch_size", 32))
