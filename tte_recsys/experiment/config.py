@@ -15,7 +15,6 @@ from tte_recsys.models.id_prior import IdPrior
 from tte_recsys.models.mtmh import ModelConfig
 from tte_recsys.training.loop import TrainerConfig
 from tte_recsys.tte.factory import is_served
-from tte_recsys.tte.factory import is_served
 from tte_recsys.tte.fusion import TRACE_SIDES
 from tte_recsys.tte.lora import LoraSettings
 
@@ -169,12 +168,6 @@ class I2IConfig:
             content_checkpointing=bool(cfg.content_checkpointing),
             resume=bool(cfg.resume),
         )
-        if made.model.content == "trainable" and is_served(cfg.embedder):
-            raise ValueError(
-                "model.content=trainable trains the embedder inside the model, which needs its weights here, "
-                f"but embedder._target_={cfg.embedder._target_} is served over HTTP: use a local embedder "
-                "(embedder=minilm, or embedder.model_path=<folder>), or model.content=frozen"
-            )
         if made.model.content == "trainable" and is_served(cfg.embedder):
             raise ValueError(
                 "model.content=trainable trains the embedder inside the model, which needs its weights here, "
