@@ -19,7 +19,7 @@ from tte_recsys.config import EvalConfig, from_mapping
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.protocol import evaluate_baselines_both_ways
+from tte_recsys.evaluation.protocol import evaluate_baselines_both_ways, paired_intervals
 from tte_recsys.evaluation.report import write_report
 from tte_recsys.retrieval import ItemRetriever
 from tte_recsys.runs import check_overrides, cli, data_configs, finish_run, load_dataset, output_dir
@@ -58,6 +58,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     methods, refit, selection = evaluate_baselines_both_ways(
         split, labeler, ds.num_users, eval_cfg, extra=extra, refit_extra=extra
     )
+    intervals = None
+    if against := cfg.get("intervals_against"):  # each added row against one of them, on test
+        if against not in extra:
+            raise ValueError(f"intervals_against={against!r}: expected one of the added rows {sorted(extra)}")
+        pairs = [(name, str(against)) for name in extra if name != against]
+        intervals = paired_intervals(extra, pairs, split.test, eval_cfg.select_k, eval_cfg.batch_size)
     report = {
         "dataset": ds.name,
         "dataset_stats": ds.stats(),
@@ -67,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "selection": selection,
         "methods": methods,
         **({"methods_refit": refit} if refit is not None else {}),
+        **({"intervals": intervals} if intervals is not None else {}),
     }
     table = write_report(out, report, title=f"I2I baselines: {ds.name}")
     finish_run(out, "evaluate", cfg)

@@ -233,7 +233,7 @@ def test_think_then_embed_with_a_reasoner(
     assert chosen[f"recall@{k}"] == best >= plain[f"recall@{k}"]  # chosen on valid, never below no traces
     # the rows with and without traces, and the paired intervals between them
     assert {"content", "content:no traces", "mtmh:no traces"} <= set(report["methods"])
-    for iv in t["intervals"].values():
+    for iv in report["intervals"].values():
         assert iv["lo"] <= iv["diff"] <= iv["hi"] and iv["n"] > 0
     assert "mtmh:no traces" in (out / "report.md").read_text()
     # the exported tower holds item and trace vectors side by side (its trace input)

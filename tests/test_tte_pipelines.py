@@ -46,6 +46,17 @@ def test_traces_embed_evaluate_end_to_end(
     v0, v1 = load_vectors(tmp_path / "e0"), load_vectors(tmp_path / "e1")
     assert v0.vectors.shape == (150, 32) and v0.trace_version == "none"
     assert v1.trace_version.startswith("hf:") and not np.allclose(v0.vectors, v1.vectors)
+    assert v1.trace_version.endswith("|fuse-w0.1")  # the default: fused, w = 0.1
+    embed_items.run(
+        compose_cfg(
+            "embed_items",
+            embed_overrides(
+                tiny_qwen_dir, tmp_path / "e2", f"traces_dir={tmp_path / 't2'}", "embedder.traces=concat"
+            ),
+        )
+    )
+    v2 = load_vectors(tmp_path / "e2")
+    assert v2.trace_version.endswith("|concat") and not np.allclose(v1.vectors, v2.vectors)
 
     report = evaluate.run(
         compose_cfg(
@@ -56,11 +67,17 @@ def test_traces_embed_evaluate_end_to_end(
                 "data.max_items=150",
                 f"+content_dirs.plain={tmp_path / 'e0'}",
                 f"+content_dirs.traced={tmp_path / 'e1'}",
+                f"+content_dirs.concat={tmp_path / 'e2'}",
+                "intervals_against=content:plain",
                 f"output_dir={tmp_path / 'ev'}",
             ],
         )
     )
     assert {"content:plain", "content:traced"} <= set(report["methods"])
+    assert set(report["intervals"]) == {"content:traced vs content:plain", "content:concat vs content:plain"}
+    for iv in report["intervals"].values():
+        assert iv["lo"] <= iv["diff"] <= iv["hi"] and iv["n"] == report["split"]["test"]["triggers"]
+    assert "content:concat vs content:plain" in (tmp_path / "ev" / "report.md").read_text()
     assert 0.0 <= report["methods"]["content:traced"]["semrel@10"] <= 1.0
 
 

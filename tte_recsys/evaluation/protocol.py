@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -12,7 +12,13 @@ from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet, TemporalSplit
 from tte_recsys.evaluation.baselines import EASE, CoOccurrence, ItemKNN, Popularity
-from tte_recsys.evaluation.metrics import cold_share_at_k, coverage_at_k, recall_at_k
+from tte_recsys.evaluation.metrics import (
+    cold_share_at_k,
+    coverage_at_k,
+    paired_bootstrap,
+    per_trigger_recall,
+    recall_at_k,
+)
 from tte_recsys.progress import progress
 from tte_recsys.retrieval import ItemRetriever
 
@@ -21,6 +27,7 @@ __all__ = [
     "evaluate_baselines",
     "evaluate_baselines_both_ways",
     "evaluate_retriever",
+    "paired_intervals",
     "retrieve_all",
 ]
 
@@ -139,3 +146,24 @@ def evaluate_baselines_both_ways(
         split.refit_view(), labeler, num_users, cfg, extra=refit_extra, ease_lambda=lam
     )
     return methods, refit, selection
+
+
+def paired_intervals(
+    rows: Mapping[str, Callable[[], ItemRetriever]],
+    pairs: Sequence[tuple[str, str]],
+    evalset: EvalSet,
+    k: int,
+    batch_size: int,
+    resamples: int = 1000,
+) -> dict[str, dict[str, float]]:
+    """Per ``(row, reference)`` pair whose two rows are both in ``rows``: the paired bootstrap 95%
+    interval (:func:`~tte_recsys.evaluation.metrics.paired_bootstrap`) of the per-trigger
+    recall@``k`` difference, row minus reference, on ``evalset``. Keyed ``"<row> vs <reference>"``."""
+    per: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys(n for pair in pairs for n in pair if n in rows):
+        per[name] = per_trigger_recall(evalset, retrieve_all(rows[name](), evalset.triggers, k, batch_size))
+    return {
+        f"{a} vs {b}": {"k": k, **paired_bootstrap(per[a], per[b], resamples)}
+        for a, b in pairs
+        if a in per and b in per
+    }

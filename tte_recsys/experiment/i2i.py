@@ -42,8 +42,7 @@ from tte_recsys.data.split import (
     temporal_split,
 )
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.metrics import paired_bootstrap, per_trigger_recall
-from tte_recsys.evaluation.protocol import Metrics, evaluate_baselines, evaluate_retriever, retrieve_all
+from tte_recsys.evaluation.protocol import Metrics, evaluate_baselines, evaluate_retriever, paired_intervals
 from tte_recsys.evaluation.quota import choose_point
 from tte_recsys.experiment.config import I2IConfig
 from tte_recsys.experiment.stages import (
@@ -551,30 +550,10 @@ def score(
         rows, test = _rows(run, rvecs, ref_cfgs, choice, refit_run.bias), refit_run.split.test
     if run.traces is not None:  # the headline view's rows
         pairs = [("content", "content:no traces"), (mtmh_row(choice), NO_TRACES)]
-        scores.trace_intervals = trace_intervals(
+        scores.trace_intervals = paired_intervals(
             rows, pairs, test, run.cfg.eval.select_k, run.cfg.eval.batch_size
         )
     return scores
-
-
-def trace_intervals(
-    rows: dict[str, Callable[[], ItemRetriever]],
-    pairs: list[tuple[str, str]],
-    evalset: Any,
-    k: int,
-    batch_size: int,
-    resamples: int = 1000,
-) -> dict[str, Any]:
-    """Per (row, reference) pair present in ``rows``: the paired bootstrap 95% interval of the
-    per-trigger recall@``k`` difference (row minus reference) on ``evalset``."""
-    per: dict[str, np.ndarray] = {}
-    for name in {n for pair in pairs for n in pair if n in rows}:
-        per[name] = per_trigger_recall(evalset, retrieve_all(rows[name](), evalset.triggers, k, batch_size))
-    return {
-        f"{a} vs {b}": {"k": k, **paired_bootstrap(per[a], per[b], resamples)}
-        for a, b in pairs
-        if a in per and b in per
-    }
 
 
 def export_chosen(
@@ -681,7 +660,7 @@ def assemble_report(
         "quota_test_curve": scores.test_curve,
         "methods": scores.methods,
         **(
-            {"traces": {**run.traces.summary(), "intervals": scores.trace_intervals}}
+            {"traces": run.traces.summary(), "intervals": scores.trace_intervals}
             if run.traces is not None
             else {}
         ),
