@@ -142,7 +142,11 @@ def test_vectorised_merge_equals_the_row_by_row_rule() -> None:
         w = rng.random(n_heads) * (rng.random(n_heads) > 0.3)
         w[0] += w.sum() == 0
         rule = merge_rows(lists, w / w.sum(), k)
-        fast += merge_full_lists(lists, w / w.sum(), k) is not None
+        vectorised = merge_full_lists(lists, w / w.sum(), k)
+        fast += vectorised is not None
         for got, want in zip(merge_by_quota(lists, list(w), k), rule, strict=True):
+            np.testing.assert_array_equal(got, want)
+        # the vectorised path itself (merge_by_quota merges fewer than ROW_BY_ROW_BELOW rows row by row)
+        for got, want in zip(vectorised or rule, rule, strict=True):
             np.testing.assert_array_equal(got, want)
     assert 300 < fast < 1500  # both paths were exercised
