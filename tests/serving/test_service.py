@@ -458,3 +458,34 @@ def test_settings_refused_before_serving(bundle: Bundle) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             serve_pipeline.run(_compose([b, f"port={port}"]))
+
+
+@pytest.mark.slow
+def test_two_workers_answer_alike_and_each_swaps_when_the_symlink_moves(
+    bundle: Bundle, retriever: BundleRetriever, tmp_path: Path
+) -> None:
+    """workers=2: each uvicorn worker process loads the bundle and watches the symlink; after
+    the daily job moves it, every worker answers from the new bundle; SIGTERM stops both, exit 0."""
+    v1, v2, link = bundle[1], tmp_path / "v2", tmp_path / "current"
+    second_bundle(v1, v2)
+    link.symlink_to(v1)
+    new = BundleRetriever.load(v2)
+    s = serve(link, tmp_path / "stderr.txt", "workers=2", "service.watch_interval_s=0.05")
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            for item in retriever.item_ids[:50]:  # new connections: both workers take some
+                r = httpx.get(f"{s.url}/v1/similar/{quote(item, safe='')}", timeout=60)
+                assert r.status_code == 200 and r.json()["results"] == as_json(
+                    retriever.search([item], 10)[0]
+                )
+            repoint(link, v2)
+            deadline = time.monotonic() + 30
+            seen: list[str] = []
+            while time.monotonic() < deadline and set(seen[-40:]) != {new.fingerprint[:12]}:
+                seen.append(httpx.get(f"{s.url}/readyz", timeout=60).json()["bundle"])
+            assert set(seen[-40:]) == {new.fingerprint[:12]}, seen[-40:]
+            item = retriever.item_ids[0]
+            assert c.get(f"/v1/similar/{item}").json()["results"] == as_json(new.search([item], 10)[0])
+    finally:
+        code = s.stop()
+    assert code == 0, s.stderr()
