@@ -12,6 +12,14 @@ from tte_recsys.serving.retriever import BundleRetriever, QueryResult
 
 
 def run(cfg: DictConfig) -> QueryResult:
+    if not (isinstance(cfg.k, int) and not isinstance(cfg.k, bool) and cfg.k >= 1):
+        raise ValueError(f"k={cfg.k!r}: expected an integer >= 1 (the neighbours to return)")
+    if cfg.share is not None and not (
+        isinstance(cfg.share, (int, float)) and not isinstance(cfg.share, bool)
+    ):
+        raise ValueError(
+            f"share={cfg.share!r}: expected a number in [0, 1] (K1/K), or null (the trained one)"
+        )
     r = BundleRetriever.load(str(cfg.bundle_dir), share=None if cfg.share is None else float(cfg.share))
     result = r.search([str(cfg.item_id)], int(cfg.k))[0]
     if result.error:

@@ -365,6 +365,97 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
         lambda c: ["list_tasks=true", "versions.MomentSeeker=1700", f"hydra.run.dir={c.out}"],
         r"versions\.MomentSeeker='1700': unknown",
     ),
+    # --- config values: required, of the wrong type, out of range; served embedders
+    (
+        "required value not set",
+        "pipelines.export_faiss",
+        lambda c: [],
+        r"error: model_dir is required but not set \(\?\?\? in the config\): pass model_dir=<value>",
+    ),
+    (
+        "tabular data without its files",
+        "pipelines.prepare_data",
+        lambda c: ["data=tabular"],
+        r"error: data\.adapter\.items_path is required but not set",
+    ),
+    (
+        "hf reasoner without its folder",
+        "pipelines.generate_traces",
+        lambda c: ["debug=tiny", "reasoner=hf"],
+        r"error: reasoner\.model_path is required but not set",
+    ),
+    (
+        "word for a number",
+        "pipelines.train_i2i",
+        lambda c: [*tiny_args(c.model), "trainer.max_steps=abc"],
+        r"error: trainer\.max_steps='abc': expected an integer",
+    ),
+    (
+        "number for a list",
+        "pipelines.train_i2i",
+        lambda c: [*tiny_args(c.model), "model.hidden=256"],
+        r"error: model\.hidden=256: expected a list of integers",
+    ),
+    (
+        "word for a user count",
+        "pipelines.prepare_data",
+        lambda c: ["debug=tiny", "data.sample_users=abc"],
+        r"error: data\.sample_users='abc': expected a positive count, or null",
+    ),
+    (
+        "zero shard size",
+        "pipelines.embed_items",
+        lambda c: [*embed_overrides(c.model, c.out), "shard_size=0"],
+        r"error: shard_size=0: expected an integer >= 1",
+    ),
+    (
+        "zero evaluation batch",
+        "pipelines.evaluate",
+        lambda c: ["debug=tiny", "eval.batch_size=0"],
+        r"error: eval\.batch_size=0: expected >= 1",
+    ),
+    (
+        "zero neighbours asked",
+        "pipelines.query",
+        lambda c: _bundle_query(c, "1", "k=0"),
+        r"error: k=0: expected an integer >= 1",
+    ),
+    (
+        "zero traces per cache write",
+        "pipelines.generate_traces",
+        lambda c: ["debug=tiny", "reasoner=none", "flush_every=0"],
+        r"error: flush_every=0: expected an integer >= 1",
+    ),
+    (
+        "mmeb zero candidates kept",
+        "pipelines.eval_mmeb",
+        lambda c: [*_mmeb(c, c.mmeb, "ImageNet-1K"), "top_k=0"],
+        r"error: top_k=0: expected an integer >= 1",
+    ),
+    (
+        "nothing left after filtering",
+        "pipelines.evaluate",
+        lambda c: ["debug=tiny", "data.max_items=1"],
+        r"error: dataset 'movielens': no train pairs",
+    ),
+    (
+        "served embedder without its address",
+        "pipelines.embed_items",
+        lambda c: ["debug=tiny", "embedder=openai"],
+        r"error: embedder\.base_url is required but not set",
+    ),
+    (
+        "served embedder not reachable",
+        "pipelines.embed_items",
+        lambda c: ["debug=tiny", "data.max_items=20", *_unreachable_embedder()],
+        r"error: http://127\.0\.0\.1:9/v1/embeddings: URLError: .*gave up after 1 attempts",
+    ),
+    (
+        "served embedder trained inside the model",
+        "pipelines.train_i2i",
+        lambda c: ["debug=tiny", "model.content=trainable", *_unreachable_embedder()],
+        r"error: model\.content=trainable trains the embedder inside the model, .* is served over HTTP",
+    ),
     # --- reasoner training
     (
         "fewer than two generations",
@@ -379,6 +470,16 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
         r"method='dpo'|method=dpo",
     ),
 ]
+
+
+def _unreachable_embedder() -> list[str]:
+    """A served embedder at an address where nothing listens (port 9), tried once."""
+    return [
+        "embedder=openai",
+        "embedder.base_url=http://127.0.0.1:9/v1",
+        "embedder.model=m",
+        "embedder.client.max_retries=0",
+    ]
 
 
 def _copy_config_only(c: Ctx) -> Path:

@@ -1,15 +1,19 @@
 """Domain configuration as frozen dataclasses, validated on construction.
 
 Hydra composes YAML; pipelines turn each section into one of these with :func:`from_mapping`,
-which rejects unknown keys by name, so a typo in a config fails before any work starts.
+which rejects unknown keys by name and values of the wrong type (``trainer.max_steps=abc``) by
+key, so a typo in a config fails before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import numbers
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, Union, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -142,6 +146,8 @@ class EvalConfig:
             raise ValueError(f"eval.ease_lambdas={list(self.ease_lambdas)}: expected positive values")
         if self.ease_max_items is not None and self.ease_max_items < 1:
             raise ValueError(f"eval.ease_max_items={self.ease_max_items}: expected a positive count or null")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size={self.batch_size}: expected >= 1 (triggers scored per batch)")
 
 
 def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where: str) -> T:
@@ -164,8 +170,77 @@ def from_mapping(cls: type[T], cfg: Mapping[str, Any] | DictConfig | None, where
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in raw and isinstance(raw[f.name], list):
             raw[f.name] = tuple(raw[f.name])
+    _check_types(cls, raw, where)
     kwargs: dict[str, Any] = {str(k): v for k, v in raw.items()}
     return cls(**kwargs)
+
+
+def _check_types(cls: type, raw: Mapping[Any, Any], where: str) -> None:
+    """Refuse a value that does not fit its field's annotation, naming the key and the type."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve here: the class checks its own values
+        return
+    for name, value in raw.items():
+        hint = hints.get(str(name), Any)
+        missing = isinstance(value, str) and value == "???"  # a required value the class may ignore
+        if missing or conforms(value, hint):
+            continue
+        shown = list(value) if isinstance(value, tuple) else value  # as it was written: a list
+        raise ValueError(f"{where}.{name}={shown!r}: expected {describe(hint)}")
+
+
+def conforms(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type annotation: an integer passes as a float, a list as a
+    tuple; annotations other than plain values, optionals, tuples, lists, mappings and literals pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is Literal:
+        return value in args
+    if origin in (tuple, list, Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(conforms(v, args[0]) for v in value)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            return False
+        k, v = args if args else (Any, Any)
+        return all(conforms(a, k) and conforms(b, v) for a, b in value.items())
+    return True
+
+
+def describe(hint: Any) -> str:
+    """A type annotation in words, for an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [describe(a) for a in args if a is not type(None)]
+        return " or ".join(options) + (" or null" if type(None) in args else "")
+    if origin is Literal:
+        return "one of " + str(list(args))
+    if origin in (tuple, list, Sequence):
+        return "a list" + (f" of {_plural(args[0])}" if args and args[0] is not Any else "")
+    if origin in (dict, Mapping):
+        return "a mapping" + (f" of {_plural(args[0])} to {_plural(args[1])}" if args else "")
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint: Any) -> str:
+    words = {bool: "booleans", int: "integers", float: "numbers", str: "strings", Any: "values"}
+    return words.get(hint, describe(hint))
 
 
 def settings(cls: type[T], value: T | Mapping[str, Any] | None, where: str) -> T:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from tte_recsys import distributed
 from tte_recsys.artifacts import write_manifest, write_text
@@ -31,6 +31,7 @@ __all__ = [
     "finish_run",
     "load_dataset",
     "output_dir",
+    "user_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def output_dir(cfg: DictConfig) -> Path:
 def load_dataset(data_cfg: DictConfig) -> Dataset:
     """The dataset a ``data`` config names: a ``prepared_dir`` if set, else its adapter; optionally
     cut to ``sample_users`` users, then to the first ``max_items`` of what remains."""
+    for key in ("sample_users", "max_items"):
+        n = data_cfg.get(key)
+        if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            raise ValueError(f"data.{key}={n!r}: expected a positive count, or null (all)")
     if data_cfg.get("prepared_dir"):
         ds = Dataset.load(str(data_cfg.prepared_dir))
     else:
@@ -90,15 +95,25 @@ def cli(run: Callable[[DictConfig], T], cfg: DictConfig, show: Callable[[T], obj
         if show is not None:
             show(result)
     except Exception as e:
-        # a component that refused its config (built by hydra.utils.instantiate) carries the reason
-        cause = e.__cause__ if isinstance(e, InstantiationException) else e
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(cause, USER_ERRORS):
+        message = user_message(e)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or message is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         print("(HYDRA_FULL_ERROR=1 shows the full trace)", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         distributed.shutdown()
+
+
+def user_message(e: BaseException) -> str | None:
+    """What to tell the user about ``e`` if they can fix it (:data:`USER_ERRORS`, or a required
+    config value left unset), else None: a bug, which keeps its trace."""
+    # a component that refused its config (built by hydra.utils.instantiate) carries the reason
+    cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+    if isinstance(cause, MissingMandatoryValue):
+        key = cause.full_key or "a config value"
+        return f"{key} is required but not set (??? in the config): pass {key}=<value>"
+    return str(cause) if isinstance(cause, USER_ERRORS) else None
 
 
 def _unknown_key(cfg: DictConfig, key: str) -> str | None:

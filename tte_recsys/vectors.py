@@ -41,6 +41,12 @@ class JobSpec:
     model_id: str
     trace_version: str
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.shard_size, int) and self.shard_size >= 1):
+            raise ValueError(
+                f"shard_size={self.shard_size!r}: expected an integer >= 1 (items per vector shard)"
+            )
+
     def check_or_write(self, out: Path) -> None:
         path = out / "job.json"
         mine = self.__dict__

@@ -80,13 +80,13 @@ def embed_items(cfg: DictConfig, out: Path, what: str = "items") -> dict[str, An
     if what == "traces":
         if not traces:
             raise ValueError(f"trace vectors: no traces in {cfg.traces_dir!r} for this catalog")
-        spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, f"{trace_version}|trace-only")
+        spec = JobSpec(ds.name, ds.num_items, cfg.shard_size, model_id, f"{trace_version}|trace-only")
         stats = embed_trace_catalog(items, embedder, out, spec, traces, rank, world, batch)
     else:
         fusion = trace_fusion(cfg.embedder)
         if traces:  # the same traces fused another way are other vectors: refused on resume
             trace_version += f"|{fusion.version}"
-        spec = JobSpec(ds.name, ds.num_items, int(cfg.shard_size), model_id, trace_version)
+        spec = JobSpec(ds.name, ds.num_items, cfg.shard_size, model_id, trace_version)
         stats = embed_catalog(items, embedder, out, spec, traces, rank, world, batch, fusion)
     all_stats = distributed.all_gather_objects(stats)
     distributed.barrier()

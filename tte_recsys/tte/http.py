@@ -90,7 +90,7 @@ class JsonClient:
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     delay = max(delay, float(retry_after))
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                last = f"{self.url}: {type(e).__name__}: {getattr(e, 'reason', e)} (is the server up at base_url?)"
             except json.JSONDecodeError as e:
                 raise RequestFailed(f"malformed response from {self.url}: {e}") from e
             if attempt < self.s.max_retries:

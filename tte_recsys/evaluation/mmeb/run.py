@@ -71,6 +71,8 @@ def evaluate_mmeb(cfg: DictConfig, out: Path, root: Path) -> dict[str, Any]:
         raise ValueError(f"ties={cfg.ties!r}: expected one of {list(TIES)}")
     if cfg.think not in THINK:
         raise ValueError(f"think={cfg.think!r}: expected one of {list(THINK)}")
+    if not (isinstance(cfg.top_k, int) and cfg.top_k >= 1):
+        raise ValueError(f"top_k={cfg.top_k!r}: expected an integer >= 1 (candidates kept per query)")
     if not root.is_dir():
         raise FileNotFoundError(
             f"root={root}: not a folder; expected a local MMEB-V2 root (docs/mmeb.md, 'Data layout')"

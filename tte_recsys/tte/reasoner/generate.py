@@ -83,6 +83,8 @@ def generate_traces(
         (frame of the cache rows for these items, in input order where present; summary). Failed
         items are absent from the frame and listed in the summary with their reason.
     """
+    if not (isinstance(flush_every, int) and flush_every >= 1):
+        raise ValueError(f"flush_every={flush_every!r}: expected an integer >= 1 (traces per cache write)")
     summary = TraceSummary()
     calls_before = reasoner.calls
     keys = trace_keys(items, reasoner.reasoner_id, template.key)
