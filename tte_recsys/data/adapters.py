@@ -161,11 +161,22 @@ class TabularAdapter:
     items_path: str
     interactions_path: str
     item_columns: Mapping[str, str | None] = field(
-        default_factory=lambda: {"item_id": "item_id", "title": "title"}
+        default_factory=lambda: {
+            "item_id": "item_id",
+            "title": "title",
+            "text": None,
+            "image_path": None,
+            "available_from": None,
+        }
     )
     attributes: Mapping[str, Mapping[str, str | None]] | None = None
     interaction_columns: Mapping[str, str | None] = field(
-        default_factory=lambda: {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+        default_factory=lambda: {
+            "user_id": "user_id",
+            "item_id": "item_id",
+            "timestamp": "timestamp",
+            "weight": None,
+        }
     )
     time_format: str | None = None
     separator: str | None = None

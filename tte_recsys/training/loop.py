@@ -75,12 +75,12 @@ class TrainerConfig:
     """
 
     batch_size: int = 1024
-    max_steps: int = 2000
+    max_steps: int = 3000
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
     weight_decay: float = 0.0
-    eval_every: int = 250
-    patience: int = 3
+    eval_every: int = 50
+    patience: int = 4
     ckpt_every: int = 250
     keep_ckpts: int = 2
     num_workers: int | None = None
