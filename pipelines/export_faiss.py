@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     rank, world = distributed.init_from_env()
     index_cfg = from_mapping(IndexConfig, cfg.serving, "serving")
+    for key in ("recall_k", "eval_queries"):  # the bundle's ANN recall check, measured before it ships
+        if not (isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1):
+            raise ValueError(f"{key}={cfg[key]!r}: expected an integer >= 1")
     model_dir = Path(str(cfg.model_dir))
     read_manifest(model_dir, kind="train_i2i")  # a complete, untampered training run
     model = load_export(model_dir / "export")

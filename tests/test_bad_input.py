@@ -439,6 +439,18 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
         r"error: dataset 'movielens': no train pairs",
     ),
     (
+        "ANN recall at zero",
+        "pipelines.export_faiss",
+        lambda c: [f"model_dir={c.run}", "recall_k=0", f"output_dir={c.out}"],
+        r"error: recall_k=0: expected an integer >= 1",
+    ),
+    (
+        "content vectors of another dataset",
+        "pipelines.evaluate",
+        lambda c: ["debug=tiny", f"+content_dirs.mine={c.vectors}", f"output_dir={c.out}"],
+        r"error: \d+ item\(s\) have no vector .* in .*vectors, of the catalog's \d+: vectors of another dataset\?",
+    ),
+    (
         "served embedder without its address",
         "pipelines.embed_items",
         lambda c: ["debug=tiny", "embedder=openai"],

@@ -101,14 +101,17 @@ class ItemVectors:
     vectors: np.ndarray
     model_id: str
     trace_version: str
+    folder: str = ""  # where they were read from, for messages
 
     def aligned(self, item_ids: Sequence[str]) -> np.ndarray:
         """(len(item_ids), D) rows in the order of ``item_ids``; error naming missing ids."""
         pos = {i: k for k, i in enumerate(self.ids)}
         missing = [i for i in item_ids if i not in pos]
         if missing:
+            where = f" in {self.folder}" if self.folder else ""
             raise ValueError(
-                f"{len(missing)} item(s) have no vector (e.g. {missing[:5]}); re-run embed_items"
+                f"{len(missing)} item(s) have no vector (e.g. {missing[:5]}){where}, of the catalog's "
+                f"{len(item_ids)}: vectors of another dataset? re-run embed_items with this data config"
             )
         return self.vectors[[pos[i] for i in item_ids]]
 
@@ -135,4 +138,4 @@ def load_vectors(out_dir: str | Path) -> ItemVectors:
         raise ValueError(
             f"{d}: {len(bad)} vector(s) hold NaN or infinite values (items {ids}); re-run embed_items"
         )
-    return ItemVectors(df["item_id"].to_list(), vectors, str(m["model_id"]), str(m["trace_version"]))
+    return ItemVectors(df["item_id"].to_list(), vectors, str(m["model_id"]), str(m["trace_version"]), str(d))
