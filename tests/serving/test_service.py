@@ -36,7 +36,7 @@ from tests.helpers import CONFIG_DIR, ENV, ROOT, run_module
 from tte_recsys.artifacts import MANIFEST_NAME, write_manifest, write_parquet
 from tte_recsys.serving.bundle import KIND
 from tte_recsys.serving.retriever import BundleRetriever, QueryResult
-from tte_recsys.serving.service import Service, ServiceConfig
+from tte_recsys.serving.service import _LRU, Service, ServiceConfig
 
 Bundle = tuple[Path, Path, dict[str, Any]]
 
@@ -136,12 +136,13 @@ def test_bundle_health_and_metrics(server: Served, retriever: BundleRetriever, b
 
         def count(text: str, name: str, **labels: str) -> float:
             want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            return sum(float(m) for m in re.findall(rf"^{name}\{{{re.escape(want)}\}} (\S+)$", text, re.M))
+            series = re.escape(f"{name}{{{want}}}" if labels else name)
+            return sum(float(m) for m in re.findall(rf"^{series} (\S+)$", text, re.M))
 
         before = c.get("/metrics").text
         item = retriever.item_ids[0]
-        for _ in range(3):
-            assert c.get(f"/v1/similar/{item}").status_code == 200
+        answers = [c.get(f"/v1/similar/{item}", params={"k": 9}) for _ in range(3)]  # a key no test asked
+        assert [a.status_code for a in answers] == [200] * 3 and len({a.content for a in answers}) == 1
         assert c.get("/v1/similar/no-such-item").status_code == 404
         after = c.get("/metrics")
         assert after.headers["content-type"].startswith("text/plain")
@@ -152,15 +153,32 @@ def test_bundle_health_and_metrics(server: Served, retriever: BundleRetriever, b
                 "tte_requests_total": {"route": route, "status": "200"},
                 "tte_request_errors_total": {"route": route, "status": "404"},
                 "tte_request_seconds_count": {"route": route},
+                "tte_cache_total": {"result": "hit"},
             }.items()
         }
+        # the answer is computed once, then served from the cache; an unknown id is never cached
         assert diff == {
             "tte_requests_total": 3,
             "tte_request_errors_total": 1,
             "tte_request_seconds_count": 4,
+            "tte_cache_total": 2,
         }
+        assert count(after.text, "tte_cache_bytes") > len(answers[0].content)
         assert f'tte_bundle_info{{model_export="{manifest["model_export"]}"' in after.text
         assert f'version="{retriever.fingerprint[:12]}"' in after.text
+
+
+def test_the_answer_cache_keeps_to_its_budget() -> None:
+    """Least recently used answers go first, and the estimated bytes never pass the budget."""
+    lru = _LRU(3 * (100 + 1 + _LRU.ENTRY_OVERHEAD))
+    for key in "abc":
+        lru.put((key, 10, "merged"), b"x" * 100)
+    assert lru.get(("a", 10, "merged")) == b"x" * 100  # a is now the most recent
+    lru.put(("d", 10, "merged"), b"y" * 100)
+    assert [lru.get((key, 10, "merged")) is not None for key in "abcd"] == [True, False, True, True]
+    assert lru.bytes == lru.budget
+    lru.put(("e", 10, "merged"), b"z" * lru.budget)  # larger than the whole budget: not kept
+    assert lru.get(("e", 10, "merged")) is None and lru.bytes == lru.budget
 
 
 # (method, path, body: JSON value | raw bytes | None, status, message pattern)
@@ -316,7 +334,7 @@ def test_hot_swap_under_load(bundle: Bundle, tmp_path: Path) -> None:
         for r in (old, new)
     }
     assert want[old.fingerprint[:12]] != want[new.fingerprint[:12]]
-    args = ["service.watch_interval_s=0.05", "service.cache_size=16", "admin.enabled=true", "admin.port=0"]
+    args = ["service.watch_interval_s=0.05", "service.cache_mb=0.02", "admin.enabled=true", "admin.port=0"]
     s = serve(link, tmp_path / "stderr.txt", *args)
     assert s.admin is not None
     stop = threading.Event()
@@ -447,7 +465,7 @@ def test_settings_refused_before_serving(bundle: Bundle) -> None:
     one ``error: ...`` line and exit status 2)."""
     b = f"bundle_dir={bundle[1]}"
     with pytest.raises(ValueError, match="POST /admin/reload would reach one worker of 2"):
-        serve_pipeline.run(_compose([b, "workers=2", "admin.enabled=true"]))
+        serve_pipeline.run(_compose([b, "workers=2", "admin.enabled=true", "debug=tiny"]))  # accepted
     with pytest.raises(ValueError, match=r"service\.max_k=0: expected > 0"):
         serve_pipeline.run(_compose([b, "service.max_k=0"]))
     with pytest.raises(ValueError, match=r"service: unknown key\(s\) \['max_kk'\]"):

@@ -30,7 +30,7 @@ __all__ = [
 
 # Fewer rows than this are merged row by row: the vectorised path's fixed cost is larger there
 # (2 heads, k = 10: 1 row 50 us against 290 us, 4 rows 140 against 370, 8 rows 300 against 330;
-# measured 2026-12-02 on the 2-core AMD EPYC VM). A served single-id query is one row.
+# measured 2026-12-02 on a busy 2-core Intel Xeon VM). A served single-id query is one row.
 ROW_BY_ROW_BELOW = 8
 
 

@@ -96,8 +96,9 @@ class ServiceConfig:
             concurrent requests are the parallelism, and a multi-threaded search of one query on
             a busy machine waits on its threads (measured: 6.6 ms on 2 threads against 0.74 ms
             on 1, docs/serving.md).
-        cache_size: single-id answers kept per bundle, least recently used dropped; 0: no cache
-            (docs/serving.md, "Cache": measured).
+        cache_mb: memory for single-id answers kept per bundle (the encoded answer, by id, k
+            and head), least recently used dropped; 0: no cache. A hit costs microseconds, a
+            search about a millisecond (docs/serving.md, "Cache": measured).
         watch_interval_s: > 0: check ``bundle_dir`` this often (the folder a symlink points to,
             the manifest's inode and mtime) and swap when it changes; 0: no watcher.
         admin: serve ``POST /admin/reload`` (on the admin listener only).
@@ -112,7 +113,7 @@ class ServiceConfig:
     request_timeout_s: float = 2.0
     search_threads: int = 2
     faiss_threads: int = 1
-    cache_size: int = 0
+    cache_mb: float = 64.0
     watch_interval_s: float = 0.0
     admin: bool = False
 
@@ -134,7 +135,7 @@ class ServiceConfig:
                 f"service.default_k={self.default_k}: expected 1 <= default_k <= max_k={self.max_k}"
             )
         for name, number in {
-            "cache_size": self.cache_size,
+            "cache_mb": self.cache_mb,
             "watch_interval_s": self.watch_interval_s,
             "faiss_threads": self.faiss_threads,
         }.items():
@@ -155,12 +156,18 @@ class BundleRefused(ValueError):
 
 
 class _LRU:
-    """Encoded answers by (item id, k, head), least recently used dropped. Used from the event
-    loop thread only, so it needs no lock."""
+    """Encoded answers by (item id, k, head) within a memory budget, least recently used dropped.
+    Used from the event loop thread only, so it needs no lock."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    ENTRY_OVERHEAD = 256  # bytes per entry besides the answer: key, bytes header, dict slot (measured ~230)
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.bytes = 0
         self._entries: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+
+    def _cost(self, key: tuple[str, int, str], body: bytes) -> int:
+        return len(body) + len(key[0]) + self.ENTRY_OVERHEAD
 
     def get(self, key: tuple[str, int, str]) -> bytes | None:
         body = self._entries.get(key)
@@ -169,10 +176,14 @@ class _LRU:
         return body
 
     def put(self, key: tuple[str, int, str], body: bytes) -> None:
+        cost = self._cost(key, body)
+        if key in self._entries or cost > self.budget:
+            return
         self._entries[key] = body
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self.bytes += cost
+        while self.bytes > self.budget:
+            old, old_body = self._entries.popitem(last=False)
+            self.bytes -= self._cost(old, old_body)
 
 
 Signature = tuple[str, int, int]  # (resolved folder, manifest inode, manifest mtime in ns)
@@ -239,12 +250,13 @@ class LoadedBundle:
         }
 
 
-def load_bundle(source: str, share: float | None, cache_size: int) -> LoadedBundle:
+def load_bundle(source: str, share: float | None, cache_mb: float) -> LoadedBundle:
     """Resolve ``source`` once and load and verify the folder it names (blocking: call it off
     the event loop)."""
     sig = _signature(source)
     retriever = BundleRetriever.load(sig[0], share=share)
-    return LoadedBundle(retriever, source, sig, time.time(), _LRU(cache_size) if cache_size else None)
+    cache = _LRU(int(cache_mb * 2**20)) if cache_mb > 0 else None
+    return LoadedBundle(retriever, source, sig, time.time(), cache)
 
 
 class _Metrics:
@@ -275,6 +287,9 @@ class _Metrics:
             "tte_reloads", "bundle reloads by result (ok, refused)", ["result"], registry=r
         )
         self.cache = Counter("tte_cache", "single-id answer cache lookups by result", ["result"], registry=r)
+        self.cache_bytes = Gauge(
+            "tte_cache_bytes", "the served bundle's answer cache, bytes (estimated)", registry=r
+        )
 
     def publish(self, b: LoadedBundle) -> None:
         self.bundle.info(
@@ -285,6 +300,7 @@ class _Metrics:
             }
         )
         self.items.set(len(b.retriever.item_ids))
+        self.cache_bytes.set(0)
         self.loaded.set(b.loaded_at)
 
 
@@ -355,7 +371,7 @@ class Service:
 
     def load(self) -> LoadedBundle:
         """The first load, blocking (before the server listens): raises if the bundle does not verify."""
-        self._swap(load_bundle(self.cfg.bundle_dir, self.cfg.share, self.cfg.cache_size))
+        self._swap(load_bundle(self.cfg.bundle_dir, self.cfg.share, self.cfg.cache_mb))
         assert self.bundle is not None
         return self.bundle
 
@@ -374,7 +390,7 @@ class Service:
             current = self.bundle
             source = bundle_dir or (current.source if current is not None else self.cfg.bundle_dir)
             try:
-                new = await anyio.to_thread.run_sync(load_bundle, source, self.cfg.share, self.cfg.cache_size)
+                new = await anyio.to_thread.run_sync(load_bundle, source, self.cfg.share, self.cfg.cache_mb)
             except Exception as e:  # whatever stops a candidate from loading must not stop serving
                 self.metrics.reloads.labels("refused").inc()
                 reason = str(e) or type(e).__name__
@@ -412,7 +428,7 @@ class Service:
         if self.bundle is None:  # a uvicorn worker process (workers > 1): load here, once
             self._swap(
                 await anyio.to_thread.run_sync(
-                    load_bundle, self.cfg.bundle_dir, self.cfg.share, self.cfg.cache_size
+                    load_bundle, self.cfg.bundle_dir, self.cfg.share, self.cfg.cache_mb
                 )
             )
         watcher = asyncio.create_task(self._watch()) if self.cfg.watch_interval_s > 0 else None
@@ -521,6 +537,8 @@ class Service:
         status, body = await self._search(answer)
         if status == 200 and b.cache is not None:
             b.cache.put(key, body)
+            if b is self.bundle:
+                self.metrics.cache_bytes.set(b.cache.bytes)
         return Response(body, status_code=status, media_type=JSON_TYPE)
 
     async def similar_batch(self, request: Request) -> Response:
