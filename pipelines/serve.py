@@ -51,12 +51,15 @@ def _url(sock: socket.socket) -> str:
 
 
 @contextmanager
-def _exit_zero_on_stop() -> Iterator[None]:
-    """uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the signal again for the
-    handler that was there before it; this one lets the command return (exit 0) instead of dying
-    of the signal."""
+def _stop_on_signals(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM / SIGINT stop ``server`` gracefully and the command exits 0, whenever they come.
+    While it runs, uvicorn's own handlers take them, and after its shutdown it raises the signal
+    again for the handler that was there before it: this one, which returns instead of dying of
+    it. One that arrives before uvicorn has installed its handlers sets ``should_exit``, so the
+    server stops as soon as it has started instead of the signal being lost."""
 
     def stopped(sig: int, frame: FrameType | None) -> None:
+        server.should_exit = True
         print(f"stopped by {signal.Signals(sig).name}", file=sys.stderr, flush=True)
 
     previous = {s: signal.signal(s, stopped) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -101,9 +104,9 @@ def run(cfg: DictConfig) -> None:
             admin_host, admin_port = sockets[1].getsockname()[:2]
             service.admin_address = (admin_host, admin_port)
             line += f", admin on {_url(sockets[1])}"
-        print(line, flush=True)
         server = uvicorn.Server(uvicorn.Config(service.app(), **options))
-        with _exit_zero_on_stop():
+        with _stop_on_signals(server):
+            print(line, flush=True)  # from here a stop signal is never lost
             server.run(sockets=sockets)
         return
     # Several processes: each loads the bundle in its lifespan (verify it here first, once, so

@@ -7,6 +7,7 @@ finish and exits 0."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import random
@@ -57,18 +58,35 @@ class Served:
         return self.log.read_text()[-3000:]
 
 
+def _die_with_the_tests() -> None:
+    """In the server process (Linux): SIGTERM when the process that started it dies, so that a
+    killed test run leaves no server behind (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def serve(bundle_dir: Path, log: Path, *args: str) -> Served:
     """``python -m pipelines.serve`` on a free port; returns once its "serving ..." line is out."""
     cmd = [sys.executable, "-m", "pipelines.serve", f"bundle_dir={bundle_dir}", "port=0", *args]
     with log.open("w") as err:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=err, text=True)
+        p = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            preexec_fn=_die_with_the_tests if sys.platform == "linux" else None,
+        )
     assert p.stdout is not None
     deadline = time.monotonic() + 120
     line = ""
     while not line and time.monotonic() < deadline and p.poll() is None:
         if select.select([p.stdout], [], [], 0.1)[0]:
             line = p.stdout.readline()
-    assert line.startswith("serving "), f"no serving line; stderr:\n{log.read_text()[-3000:]}"
+    if not line.startswith("serving "):
+        p.kill()
+        p.wait()
+        raise AssertionError(f"no serving line; stderr:\n{log.read_text()[-3000:]}")
     urls = re.findall(r"http://[\d.]+:\d+", line)
     return Served(p, urls[0], urls[1] if "admin on" in line else None, log)
 
@@ -412,37 +430,45 @@ def test_hot_swap_under_load(bundle: Bundle, tmp_path: Path) -> None:
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(
     bundle: Bundle, retriever: BundleRetriever, tmp_path: Path
 ) -> None:
-    """A request whose body is half sent when SIGTERM arrives: the server stops accepting new
-    connections, answers that request in full when the rest arrives, and exits 0."""
+    """A request whose body is not sent yet when SIGTERM arrives: the server stops accepting new
+    connections, answers that request in full when its body arrives, and exits 0. The request
+    asks ``Expect: 100-continue``, so the server's "100 Continue" shows that the request is in
+    the app (it is reading the body) before the signal is sent."""
     s = serve(bundle[1], tmp_path / "stderr.txt")
-    host, port = s.url.removeprefix("http://").split(":")
-    ids = retriever.item_ids[:3]
-    body = json.dumps({"item_ids": ids, "k": 5}).encode()
-    head = f"POST /v1/similar HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    head += f"Content-Length: {len(body)}\r\n\r\n"
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(head.encode() + body[:10])
-        time.sleep(0.3)  # the server has the headers: the request is in flight
-        s.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        refused = False
-        while not refused and time.monotonic() < deadline:
-            try:
-                socket.create_connection((host, int(port)), timeout=1).close()
-                time.sleep(0.05)
-            except ConnectionRefusedError:
-                refused = True
-        assert refused, "still accepting connections after SIGTERM"
-        assert s.proc.poll() is None  # waiting for the request in flight
-        conn.sendall(body[10:])
-        raw = b""
-        while chunk := conn.recv(65536):
-            raw += chunk
-    status_line, _, rest = raw.partition(b"\r\n")
-    assert status_line == b"HTTP/1.1 200 OK", raw[:300]
-    answer = json.loads(rest.partition(b"\r\n\r\n")[2])
-    assert [q["results"] for q in answer["queries"]] == [as_json(q) for q in retriever.search(ids, 5)]
-    assert s.proc.wait(timeout=30) == 0, s.stderr()
+    try:
+        host, port = s.url.removeprefix("http://").split(":")
+        ids = retriever.item_ids[:3]
+        body = json.dumps({"item_ids": ids, "k": 5}).encode()
+        head = f"POST /v1/similar HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall(head.encode())
+            interim = b""
+            while not interim.endswith(b"\r\n\r\n"):
+                interim += conn.recv(1)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim  # the request is in flight
+            s.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            refused = False
+            while not refused and time.monotonic() < deadline:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    time.sleep(0.05)
+                except ConnectionRefusedError:
+                    refused = True
+            assert refused, "still accepting connections after SIGTERM"
+            assert s.proc.poll() is None  # waiting for the request in flight
+            conn.sendall(body)
+            raw = b""
+            while chunk := conn.recv(65536):
+                raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 200 OK", raw[:300]
+        answer = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert [q["results"] for q in answer["queries"]] == [as_json(q) for q in retriever.search(ids, 5)]
+    finally:
+        code = s.stop()
+    assert code == 0, s.stderr()
     assert "stopped by SIGTERM" in s.stderr()
 
 
