@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import polars as pl
 import torch
@@ -31,6 +31,9 @@ from tte_recsys.config import settings
 from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
+
+if TYPE_CHECKING:
+    from tte_recsys.tte.reasoner.decode import LoopDecoder
 
 __all__ = [
     "FileReasoner",
@@ -102,6 +105,7 @@ class FileReasoner:
 
 
 PENALTY_SCOPES = ("generated", "all")
+ENGINES = ("generate", "loop")
 
 
 class GeneratedRepetitionPenalty(LogitsProcessor):
@@ -161,8 +165,9 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How :class:`HFReasoner` loads its model (``reasoner.load``): throughput and placement, not
-    what it writes (none of it is in the reasoner id).
+    """How :class:`HFReasoner` loads and runs its model (``reasoner.load``): throughput and
+    placement. The engine and the dtype it runs in are in the reasoner id (their rounding can
+    change a greedy trace); the rest is not.
 
     Attributes:
         gguf_file: a GGUF checkpoint in ``model_path``, loaded (dequantised) directly; converting it
@@ -171,12 +176,22 @@ class LoadSettings:
         device: ``auto`` (this process's GPU, ``cuda:LOCAL_RANK``, where CUDA is available, else the
             CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         trust_remote_code: run the model folder's own code (off unless asked for).
+        engine: ``generate`` (transformers' ``generate``) or ``loop`` (:mod:`.decode`: the shared
+            system prompt prefilled once, a preallocated KV cache, finished rows dropped, bf16
+            weights prepacked for oneDNN; text-only models). Greedy ``loop`` traces equal
+            ``generate``'s in fp32 and differ by bf16 rounding in bf16, as ``generate``'s own do
+            between batch sizes; each engine has its own reasoner id.
     """
 
     dtype: str = "auto"
     device: str = "auto"
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    engine: str = "generate"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"reasoner.load.engine={self.engine!r}: expected one of {list(ENGINES)}")
 
 
 def _weights_tag(d: Path) -> str:
@@ -239,15 +254,44 @@ class HFReasoner:
         )
         self.model = cast(PreTrainedModel, nn.Module.to(model, dev)).eval()
         self.vision = VisionAdapter(d, self.tokenizer, config) if is_vl else None
+        if how.engine == "loop" and is_vl:
+            raise ValueError(
+                f"reasoner.load.engine=loop decodes text-only causal LMs; {d.name} is a vision-language "
+                "model: use engine=generate"
+            )
+        self._loop = self._loop_decoder(gen) if how.engine == "loop" else None
         self.max_new_tokens, self.batch_size = max_new_tokens, gen.batch_size
         self.do_sample, self.temperature, self.top_p, self.seed = do_sample, temperature, top_p, seed
         self.repetition_penalty, self.penalty_scope = repetition_penalty, gen.penalty_scope
         mode = f"sample-t{temperature}-p{top_p}-s{seed}" if do_sample else "greedy"
         mode += f"-rp{repetition_penalty}" + ("" if gen.penalty_scope == "all" else "g")
         # the engine and the dtype it ran in change the traces, so they are in the id (the cache key)
-        engine = f"torch-{str(self.model.dtype).removeprefix('torch.')}"
+        engine = f"{'torch' if self._loop is None else 'loop'}-{str(self.model.dtype).removeprefix('torch.')}"
         self.reasoner_id = f"hf:{d.name}{_weights_tag(d)}:{max_new_tokens}:{mode}:{engine}"
         self.calls = 0
+
+    def _loop_decoder(self, gen: GenerationSettings) -> LoopDecoder:
+        """engine=loop: the decoder over this model (its bf16 linears prepacked for oneDNN on a CPU)."""
+        from tte_recsys.tte.reasoner.decode import Decoding, LoopDecoder, pack_linears
+
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        pack_linears(self.model)
+        return LoopDecoder(
+            self.model,
+            Decoding(
+                max_new_tokens=gen.max_new_tokens,
+                pad_id=int(self.tokenizer.pad_token_id),
+                eos_ids=tuple(
+                    int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])
+                ),
+                do_sample=gen.do_sample,
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                repetition_penalty=gen.repetition_penalty,
+                penalty_scope=gen.penalty_scope,
+            ),
+        )
 
     def _inputs(self, r: TraceRequest) -> tuple[list[int], ImageInputs | None]:
         """Prompt token ids; with an image (VL models), the user turn starts with its vision tokens."""
@@ -274,6 +318,15 @@ class HFReasoner:
         order = sorted(prepared, key=lambda i: len(prepared[i][0]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
+            if self._loop is not None:
+                written = self._loop.generate(
+                    [prepared[i][0] for i in idx], seed=self.seed + start if self.do_sample else None
+                )
+                self.calls += 1
+                texts = self.tokenizer.batch_decode(written, skip_special_tokens=True)
+                for i, text in zip(idx, texts, strict=True):
+                    out[i] = text
+                continue
             enc = self.tokenizer.pad(
                 {"input_ids": [prepared[i][0] for i in idx]}, padding=True, return_tensors="pt"
             )

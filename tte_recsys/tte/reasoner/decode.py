@@ -1,0 +1,272 @@
+"""``reasoner.load.engine=loop``: :class:`HFReasoner`'s own decoding loop over a transformers causal LM.
+
+Same model, same forward, same decoding rules as ``generate``; three things cost less:
+
+- **Shared prefix, computed once.** Every prompt of a catalog pass starts with the same chat
+  header and system prompt. Its keys and values are computed once per reasoner and copied into
+  each batch; only the suffix of each prompt is prefilled. The cache is laid out
+  ``[prefix | left padding | suffix | generated]`` with padding masked, so positions and attention
+  are those of the full prompt.
+- **A preallocated KV cache.** Keys and values are written into one buffer per layer (transformers'
+  dynamic cache concatenates the whole cache at every step, a quarter of a SmolLM2 step on CPU).
+- **Finished rows leave the batch.** Once a quarter of the rows have written an end token, the
+  batch is compacted, so no step is spent on finished traces (``generate`` runs every row until
+  the last one ends).
+
+Greedy output equals ``generate``'s up to floating-point rounding: the prefix and the compacted
+rows go through matrix products of other shapes, so a near-tie can break the other way in bf16.
+The engine is therefore in the reasoner id (``:loop-<dtype>``), and its traces never share a cache
+key with ``generate``'s. Text-only causal LMs; vision-language models use ``engine=generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, TopPLogitsWarper
+from transformers.cache_utils import Cache, DynamicLayer
+
+from tte_recsys.tte.reasoner.backends import GeneratedRepetitionPenalty
+
+__all__ = ["Decoding", "LoopDecoder", "common_prefix_len", "pack_linears"]
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's keys and values in a preallocated ``[rows, kv_heads, capacity, head_dim]`` buffer;
+    ``update`` writes the new columns and returns views of the filled part (no concatenation)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        super().__init__()
+        self.buf_k, self.buf_v, self.filled = keys, values, filled
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._views()
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.buf_k[:, :, : self.filled], self.buf_v[:, :, : self.filled]
+        self.keys, self.values = k, v
+        return k, v
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None  # the buffers exist from the start
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        if self.filled + n > self.buf_k.shape[-2]:
+            raise RuntimeError(f"KV buffer full: {self.filled} + {n} > {self.buf_k.shape[-2]} columns")
+        self.buf_k[:, :, self.filled : self.filled + n] = key_states
+        self.buf_v[:, :, self.filled : self.filled + n] = value_states
+        self.filled += n
+        return self._views()
+
+    def get_seq_length(self) -> int:
+        return self.filled
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+        self._views()
+
+
+class _PackedLinear(nn.Module):
+    """An ``nn.Linear`` whose bf16 weight is reordered once for oneDNN (``generate`` lets oneDNN
+    reorder it at every call). Same kernel, same results bit for bit, 1.5-2x faster on CPU."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 32)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(
+            torch.Tensor, torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        )
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Swap every bf16 ``nn.Linear`` of a CPU model for :class:`_PackedLinear`; the number swapped
+    (0 where oneDNN has no bf16 on this CPU, or the model is not bf16 on the CPU)."""
+    params = next(model.parameters())
+    if params.device.type != "cpu" or params.dtype != torch.bfloat16:
+        return 0
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return 0
+    targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    for name, m in targets:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, _PackedLinear(m))
+    return len(targets)
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix all ``seqs`` share."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding rules (those of :class:`~tte_recsys.tte.reasoner.backends.GenerationSettings`)."""
+
+    max_new_tokens: int
+    pad_id: int
+    eos_ids: tuple[int, ...]
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    penalty_scope: str = "generated"
+
+
+class LoopDecoder:
+    """Batched decoding of token-id prompts with a shared-prefix, preallocated KV cache.
+
+    Args:
+        model: a transformers causal LM (eval mode).
+        decoding: the decoding rules.
+        min_prefix: a shared prefix shorter than this is not worth a separate forward: prefill whole.
+        compact_at: compact the batch once this fraction of its rows has finished.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, decoding: Decoding, min_prefix: int = 8, compact_at: float = 0.25
+    ) -> None:
+        if not decoding.eos_ids:
+            raise ValueError(
+                "engine=loop needs an end token: the model's generation_config has no eos_token_id"
+            )
+        self.model, self.decoding = model, decoding
+        self.min_prefix, self.compact_at = min_prefix, compact_at
+        self._prefix: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._eos = torch.tensor(decoding.eos_ids, device=model.device)
+
+    def _prefix_kv(self, ids: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer keys and values ``[1, kv_heads, len(ids), head_dim]`` of ``ids``, kept for the next batch."""
+        if self._prefix is None or self._prefix[0] != ids:
+            x = torch.tensor([ids], device=self.model.device)
+            out = self.model(input_ids=x, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            self._prefix = (ids, [(layer.keys, layer.values) for layer in cache.layers])
+        return self._prefix[1]
+
+    def _scores(
+        self, logits: torch.Tensor, history: torch.Tensor, gen: torch.Generator | None
+    ) -> torch.Tensor:
+        """The next token of every row: repetition penalty, then greedy or temperature / top-p sampling."""
+        d = self.decoding
+        scores = logits.float()
+        if d.repetition_penalty != 1.0 and history.shape[1] > 0:
+            scores = GeneratedRepetitionPenalty(d.repetition_penalty, 0)(history, scores)  # type: ignore[arg-type]
+        if not d.do_sample:
+            return scores.argmax(-1)
+        scores = scores / d.temperature
+        if d.top_p < 1.0:
+            scores = TopPLogitsWarper(d.top_p)(history, scores)
+        return torch.multinomial(torch.softmax(scores, -1), 1, generator=gen).squeeze(1)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], seed: int | None = None) -> list[list[int]]:
+        """The new token ids of each prompt (up to its end token, included), in the order given.
+        ``seed`` seeds sampling (this batch only; the global RNG is untouched)."""
+        d, dev = self.decoding, self.model.device
+        if not prompts:
+            return []
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("engine=loop: an empty prompt")
+        rows = len(prompts)
+        lcp = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)  # >= 1 token left to prefill
+        plen = lcp if lcp >= self.min_prefix else 0
+        suffixes = [p[plen:] for p in prompts]
+        ws = max(len(s) for s in suffixes)
+        ids = torch.full((rows, ws), d.pad_id, dtype=torch.long)
+        smask = torch.zeros((rows, ws), dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, ws - len(s) :] = torch.tensor(s)
+            smask[i, ws - len(s) :] = 1
+        width = plen + ws
+        mask = torch.cat(
+            [
+                torch.ones((rows, plen), dtype=torch.long),
+                smask,
+                torch.ones((rows, d.max_new_tokens), dtype=torch.long),
+            ],
+            1,
+        ).to(dev)
+        pos = (plen + smask.cumsum(-1) - 1).masked_fill(smask == 0, 0).to(dev)
+        ids = ids.to(dev)
+
+        cfg = self.model.config.get_text_config()
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cap = width + d.max_new_tokens
+        layers: list[_BufferLayer] = []
+        prefix = self._prefix_kv(tuple(prompts[0][:plen])) if plen else None
+        for li in range(cfg.num_hidden_layers):
+            k = torch.empty((rows, heads, cap, head_dim), dtype=self.model.dtype, device=dev)
+            v = torch.empty_like(k)
+            if prefix is not None:
+                k[:, :, :plen] = prefix[li][0]
+                v[:, :, :plen] = prefix[li][1]
+            layers.append(_BufferLayer(k, v, plen))
+        cache = Cache(layers=cast(list[Any], layers))
+
+        history = torch.empty((rows, 0), dtype=torch.long, device=dev)
+        if d.penalty_scope == "all":
+            # transformers' penalty covers the prompt, not its padding: pad with a token of the prompt (a no-op)
+            full = max(len(p) for p in prompts)
+            history = torch.tensor([[p[0]] * (full - len(p)) + p for p in prompts], device=dev)
+        gen = torch.Generator(device=dev).manual_seed(seed) if d.do_sample and seed is not None else None
+
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask[:, :width],
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1]
+        live = torch.arange(rows, device=dev)  # original row of each batch row
+        done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        next_pos = pos[:, -1:] + 1
+        written: list[list[int]] = [[] for _ in range(rows)]
+        for t in range(d.max_new_tokens):
+            tok = self._scores(logits, history, gen)
+            tok = torch.where(done, torch.full_like(tok, d.pad_id), tok)
+            for r, w, finished in zip(live.tolist(), tok.tolist(), done.tolist(), strict=True):
+                if not finished:  # the end token too, as generate returns it (decoding drops it if special)
+                    written[r].append(w)
+            done = done | torch.isin(tok, self._eos)
+            if bool(done.all()) or t == d.max_new_tokens - 1:
+                break
+            history = torch.cat([history, tok[:, None]], 1)
+            if float(done.float().mean()) >= self.compact_at:  # drop the finished rows
+                keep = (~done).nonzero().squeeze(1)
+                for layer in layers:
+                    layer.batch_select_indices(keep)
+                live, done, tok = live[keep], done[keep], tok[keep]
+                history, next_pos, mask = history[keep], next_pos[keep], mask[keep]
+            col = width + t
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=mask[:, : col + 1],
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+        return written
