@@ -145,3 +145,16 @@ def test_common_prefix_len() -> None:
     assert common_prefix_len([[7, 8], [7, 8]]) == 2
     assert common_prefix_len([[1], [2]]) == 0
     assert common_prefix_len([]) == 0
+
+
+def test_loop_n_completions_share_one_prefill(lively_dir: Path) -> None:
+    _, greedy = _pair(lively_dir)
+    ids = [greedy._inputs(r)[0] for r in REQS[:3]]
+    one = greedy._loop.generate(ids)
+    assert greedy._loop.generate(ids, n=2) == [x for x in one for _ in range(2)]  # prompt-major copies
+    _, sampled = _pair(lively_dir, do_sample=True, temperature=1.0, top_p=1.0)
+    a = sampled._loop.generate(ids, seed=5, n=3)
+    assert len(a) == 9 and a == sampled._loop.generate(ids, seed=5, n=3)
+    assert all(len({tuple(x) for x in a[i : i + 3]}) > 1 for i in range(0, 9, 3))  # the copies sample apart
+    with pytest.raises(ValueError, match="n=0: expected >= 1"):
+        sampled._loop.generate(ids, n=0)

@@ -177,10 +177,14 @@ class LoopDecoder:
         return torch.multinomial(torch.softmax(scores, -1), 1, generator=gen).squeeze(1)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], seed: int | None = None) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]], seed: int | None = None, n: int = 1) -> list[list[int]]:
         """The new token ids of each prompt (up to its end token, included), in the order given.
-        ``seed`` seeds sampling (this batch only; the global RNG is untouched)."""
+        ``seed`` seeds sampling (this batch only; the global RNG is untouched). ``n`` > 1: ``n``
+        completions per prompt (prompt-major, as ``num_return_sequences``), the prompt prefilled
+        once and its cache copied ``n`` times (``generate`` prefills each copy)."""
         d, dev = self.decoding, self.model.device
+        if n < 1:
+            raise ValueError(f"n={n}: expected >= 1 completions per prompt")
         if not prompts:
             return []
         if min(len(p) for p in prompts) == 0:
@@ -238,6 +242,12 @@ class LoopDecoder:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1]
+        if n > 1:  # n completions per prompt share its prefill
+            copies = torch.arange(rows, device=dev).repeat_interleave(n)
+            for layer in layers:
+                layer.batch_select_indices(copies)
+            logits, history, mask, pos = logits[copies], history[copies], mask[copies], pos[copies]
+            rows *= n
         live = torch.arange(rows, device=dev)  # original row of each batch row
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
         next_pos = pos[:, -1:] + 1
