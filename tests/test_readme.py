@@ -35,9 +35,14 @@ README = (ROOT / "README.md").read_text()
 # Lines that, with debug=tiny, end in a documented error instead of exit 0, and why.
 EXPECTED = {
     # debug=tiny trains on the toy task, which has no split to score retrieval on
-    "score=true": r"error: score=true needs a dataset split",
-    "method=score": r"error: method=score needs a dataset split",
+    "score=true": r"error: .* needs a dataset split \(not the toy task\)",
+    "method=score": r"error: .* needs a dataset split \(not the toy task\)",
+    # debug=tiny's Amazon sample (60 users) leaves too few items with train interactions for the
+    # id prior's ridge fit, which the MovieLens sample has
+    "train_i2i experiment=tte_smollm2 data=amazon_office": r"error: id prior: \d+ items have >= 5 train interactions",
 }
+# A server runs until it is stopped: its lines are composed here, and run by its own tests.
+SERVERS = ("pipelines.serve",)
 # `<the path and column overrides>` names these keys of the README's first tabular command
 PATH_AND_COLUMNS = (
     "data.adapter.items_path",
@@ -179,16 +184,22 @@ def outcomes(workdir: Path) -> list[tuple[str, subprocess.CompletedProcess[str]]
     def run_chain(chain: list[int]) -> None:
         for i in chain:
             module, args = cmds[i]
+            if module in SERVERS:
+                continue
             extra = (
                 []
                 if module == "pipelines.query" or any(_key(a) == "hydra.run.dir" for a in args)
                 else [f"hydra.run.dir=out/{i}"]
             )
-            results[i] = run_module(module, [*args, "debug=tiny", *extra], cwd=workdir, timeout=900)
+            argv = [*args, "debug=tiny", *extra]
+            try:  # the trainable content tower's line takes minutes on a busy 2-core machine
+                results[i] = run_module(module, argv, cwd=workdir, timeout=1800)
+            except subprocess.TimeoutExpired as e:
+                results[i] = subprocess.CompletedProcess(e.cmd, -9, "", f"timed out after {e.timeout} s")
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(run_chain, _chains(cmds)))
-    return [(line, results[i]) for i, line in enumerate(shell_lines(README))]
+    return [(line, results[i]) for i, line in enumerate(shell_lines(README)) if i in results]
 
 
 @pytest.mark.slow
