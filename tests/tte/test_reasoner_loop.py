@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, LoadSettings, TraceRequest
 from tte_recsys.tte.reasoner.cache import TraceCache
-from tte_recsys.tte.reasoner.decode import common_prefix_len, pack_linears
+from tte_recsys.tte.reasoner.decode import common_prefix_len, length_groups, pack_linears
 from tte_recsys.tte.reasoner.generate import generate_traces
 from tte_recsys.tte.reasoner.prompts import get_template
 
@@ -82,9 +82,16 @@ def test_loop_compaction_and_prefix_do_not_change_greedy_tokens(lively_dir: Path
     ids = [loop._inputs(r)[0] for r in REQS[:4]]
     ref = dec.generate(ids)
     assert ref[0][-1] in dec.decoding.eos_ids or len(ref[0]) == 12
-    for min_prefix, compact_at in [(10**9, 2.0), (10**9, 0.01), (8, 0.01)]:
-        dec.min_prefix, dec.compact_at = min_prefix, compact_at
+    assert len(length_groups([len(x) for x in ids], 0)) == 4  # overhead 0: each length its own group
+    for min_prefix, compact_at, overhead in [
+        (10**9, 2.0, 64),
+        (10**9, 0.01, 64),
+        (8, 0.01, 0),
+        (10**9, 2.0, 0),
+    ]:
+        dec.min_prefix, dec.compact_at, dec.group_overhead = min_prefix, compact_at, overhead
         assert dec.generate(ids) == ref
+    assert dec.generate(ids[::-1]) == ref[::-1]  # any order in, the same order out
 
 
 def test_loop_bf16_greedy_equals_generate(lively_dir: Path) -> None:
@@ -138,6 +145,13 @@ def test_engine_errors_are_clear(tmp_path: Path) -> None:
     vl = build_tiny_qwen2_vl(tmp_path / "vl")
     with pytest.raises(ValueError, match="engine=loop decodes text-only causal LMs; vl is a vision-language"):
         HFReasoner(str(vl), load=LoadSettings(engine="loop"))
+
+
+def test_length_groups_minimise_padding_plus_overhead() -> None:
+    assert length_groups([50, 52, 55, 60, 61, 90, 95, 130], 64) == [(0, 5), (5, 7), (7, 8)]
+    assert length_groups([10, 10, 10], 64) == [(0, 3)]
+    assert length_groups([1, 1000], 64) == [(0, 1), (1, 2)]
+    assert length_groups([], 64) == []
 
 
 def test_common_prefix_len() -> None:

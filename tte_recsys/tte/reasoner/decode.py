@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from tte_recsys.tte.reasoner.backends import GeneratedRepetitionPenalty
 
-__all__ = ["Decoding", "LoopDecoder", "common_prefix_len", "pack_linears"]
+__all__ = ["Decoding", "LoopDecoder", "common_prefix_len", "length_groups", "pack_linears"]
 
 
 class _BufferLayer(DynamicLayer):
@@ -116,6 +116,23 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
+def length_groups(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
+    """Split ascending ``lengths`` into contiguous ``[a, b)`` groups, each prefilled padded to its
+    longest, minimising the padded tokens plus ``overhead`` tokens per group (what one more
+    forward costs: the weights are read once per call)."""
+    best, cut = [0] + [1 << 62] * len(lengths), [0] * (len(lengths) + 1)
+    for b in range(1, len(lengths) + 1):
+        for a in range(b):
+            cost = best[a] + overhead + (b - a) * lengths[b - 1]
+            if cost < best[b]:
+                best[b], cut[b] = cost, a
+    groups, b = [], len(lengths)
+    while b > 0:
+        groups.append((cut[b], b))
+        b = cut[b]
+    return groups[::-1]
+
+
 @dataclass(frozen=True)
 class Decoding:
     """The decoding rules (those of :class:`~tte_recsys.tte.reasoner.backends.GenerationSettings`)."""
@@ -138,17 +155,24 @@ class LoopDecoder:
         decoding: the decoding rules.
         min_prefix: a shared prefix shorter than this is not worth a separate forward: prefill whole.
         compact_at: compact the batch once this fraction of its rows has finished.
+        group_overhead: the prompts of a batch are prefilled in groups of similar length
+            (:func:`length_groups`), a group costing this many tokens more than its padded size.
     """
 
     def __init__(
-        self, model: PreTrainedModel, decoding: Decoding, min_prefix: int = 8, compact_at: float = 0.25
+        self,
+        model: PreTrainedModel,
+        decoding: Decoding,
+        min_prefix: int = 8,
+        compact_at: float = 0.25,
+        group_overhead: int = 64,
     ) -> None:
         if not decoding.eos_ids:
             raise ValueError(
                 "engine=loop needs an end token: the model's generation_config has no eos_token_id"
             )
         self.model, self.decoding = model, decoding
-        self.min_prefix, self.compact_at = min_prefix, compact_at
+        self.min_prefix, self.compact_at, self.group_overhead = min_prefix, compact_at, group_overhead
         self._prefix: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._eos = torch.tensor(decoding.eos_ids, device=model.device)
 
@@ -189,32 +213,22 @@ class LoopDecoder:
             return []
         if min(len(p) for p in prompts) == 0:
             raise ValueError("engine=loop: an empty prompt")
+        perm = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        prompts = [prompts[i] for i in perm]  # shortest first; the output is put back in order
         rows = len(prompts)
-        lcp = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)  # >= 1 token left to prefill
+        lcp = min(common_prefix_len(prompts), len(prompts[0]) - 1)  # >= 1 token left to prefill
         plen = lcp if lcp >= self.min_prefix else 0
-        suffixes = [p[plen:] for p in prompts]
-        ws = max(len(s) for s in suffixes)
-        ids = torch.full((rows, ws), d.pad_id, dtype=torch.long)
-        smask = torch.zeros((rows, ws), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            ids[i, ws - len(s) :] = torch.tensor(s)
-            smask[i, ws - len(s) :] = 1
-        width = plen + ws
-        mask = torch.cat(
-            [
-                torch.ones((rows, plen), dtype=torch.long),
-                smask,
-                torch.ones((rows, d.max_new_tokens), dtype=torch.long),
-            ],
-            1,
-        ).to(dev)
-        pos = (plen + smask.cumsum(-1) - 1).masked_fill(smask == 0, 0).to(dev)
-        ids = ids.to(dev)
+        lens = [len(p) - plen for p in prompts]
+        width = plen + lens[-1]
+        cap = width + d.max_new_tokens
+        mask = torch.ones((rows, cap), dtype=torch.long)
+        for i, n_i in enumerate(lens):
+            mask[i, plen : width - n_i] = 0  # [prefix | padding | suffix | generated]
+        mask = mask.to(dev)
 
         cfg = self.model.config.get_text_config()
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        cap = width + d.max_new_tokens
         layers: list[_BufferLayer] = []
         prefix = self._prefix_kv(tuple(prompts[0][:plen])) if plen else None
         for li in range(cfg.num_hidden_layers):
@@ -223,8 +237,7 @@ class LoopDecoder:
             if prefix is not None:
                 k[:, :, :plen] = prefix[li][0]
                 v[:, :, :plen] = prefix[li][1]
-            layers.append(_BufferLayer(k, v, plen))
-        cache = Cache(layers=cast(list[Any], layers))
+            layers.append(_BufferLayer(k, v, width))
 
         history = torch.empty((rows, 0), dtype=torch.long, device=dev)
         if d.penalty_scope == "all":
@@ -233,15 +246,35 @@ class LoopDecoder:
             history = torch.tensor([[p[0]] * (full - len(p)) + p for p in prompts], device=dev)
         gen = torch.Generator(device=dev).manual_seed(seed) if d.do_sample and seed is not None else None
 
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask[:, :width],
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1]
+        logits = torch.empty((rows, 0))
+        for a, b in length_groups(lens, self.group_overhead):  # prefill each group at its own width
+            ws = lens[b - 1]
+            ids = torch.full((b - a, ws), d.pad_id, dtype=torch.long)
+            smask = torch.zeros((b - a, ws), dtype=torch.long)
+            for j, p in enumerate(prompts[a:b]):
+                ids[j, ws - lens[a + j] :] = torch.tensor(p[plen:])
+                smask[j, ws - lens[a + j] :] = 1
+            group = []
+            for layer in layers:
+                layer.buf_k[a:b, :, plen : width - ws] = 0  # masked, but must be finite
+                layer.buf_v[a:b, :, plen : width - ws] = 0
+                group.append(_BufferLayer(layer.buf_k[a:b], layer.buf_v[a:b], width - ws))
+            out = self.model(
+                input_ids=ids.to(dev),
+                attention_mask=mask[a:b, :width],
+                position_ids=(plen + smask.cumsum(-1) - 1).masked_fill(smask == 0, 0).to(dev),
+                past_key_values=Cache(layers=cast(list[Any], group)),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            part = out.logits[:, -1]
+            if logits.shape[1] == 0:
+                logits = torch.empty((rows, part.shape[1]), dtype=part.dtype, device=dev)
+            logits[a:b] = part
+        for layer in layers:
+            layer._views()
+        cache = Cache(layers=cast(list[Any], layers))
+        pos = torch.tensor([[plen + n_i - 1] for n_i in lens], device=dev)
         if n > 1:  # n completions per prompt share its prefill
             copies = torch.arange(rows, device=dev).repeat_interleave(n)
             for layer in layers:
@@ -250,7 +283,7 @@ class LoopDecoder:
             rows *= n
         live = torch.arange(rows, device=dev)  # original row of each batch row
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
-        next_pos = pos[:, -1:] + 1
+        next_pos = pos + 1
         written: list[list[int]] = [[] for _ in range(rows)]
         for t in range(d.max_new_tokens):
             tok = self._scores(logits, history, gen)
@@ -279,4 +312,7 @@ class LoopDecoder:
             )
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
-        return written
+        ordered: list[list[int]] = [[] for _ in written]
+        for j, i in enumerate(perm):
+            ordered[i * n : (i + 1) * n] = written[j * n : (j + 1) * n]
+        return ordered
