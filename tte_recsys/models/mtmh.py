@@ -58,6 +58,9 @@ class ModelConfig:
             projection, initialised to zero: the model starts as the one without traces and learns
             from co-engagement how far to trust the trace (KAR's adaptor; docs/design.md, "How a
             trace reaches a vector").
+        trace_to_trunk: with ``trace_input``, the trunk MLP reads the trace half too; False: only
+            the heads' zero-initialised trace projection sees it (a linear, per-head use of the
+            trace that cannot fit train pairs through the trunk's nonlinear capacity).
     """
 
     heads: tuple[str, ...] = ("coeng", "semantic")
@@ -72,6 +75,7 @@ class ModelConfig:
     cold_without_id: bool = False
     min_id_count: int = 0
     trace_input: bool = False
+    trace_to_trunk: bool = True
 
     def no_id(self, item_counts: np.ndarray) -> np.ndarray | None:
         """``ItemFeatures.no_id`` for items with these train interaction counts: True below
@@ -231,18 +235,21 @@ class MTMHModel(nn.Module):
         ]
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
         self.content = content
-        in_dim = cfg.id_dim + cfg.feature_dim * (len(self.features) - 1) + (content.dim if content else 0)
-        layers: list[nn.Module] = []
-        for width in cfg.hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU()]
-            in_dim = width
-        self.trunk = nn.Sequential(*layers)
         if cfg.trace_input and (content is None or content.dim % 2):
             raise ValueError(
                 "model.trace_input=true: the content table must hold item and trace vectors of one "
                 f"size side by side (an even width), got {content.dim if content else 0}"
             )
         item_dim = content.dim // (2 if cfg.trace_input else 1) if content is not None else 0
+        # what the trunk reads of the content vector: all of it, or the item half alone
+        self._trunk_content = item_dim if cfg.trace_input and not cfg.trace_to_trunk else None
+        trunk_content = self._trunk_content or (content.dim if content is not None else 0)
+        in_dim = cfg.id_dim + cfg.feature_dim * (len(self.features) - 1) + trunk_content
+        layers: list[nn.Module] = []
+        for width in cfg.hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        self.trunk = nn.Sequential(*layers)
         self.head_dim = cfg.head_dim or (item_dim if content is not None else 64)
         self.heads = nn.ModuleDict({h: nn.Linear(in_dim, self.head_dim) for h in cfg.heads})
         self.skips = nn.ModuleDict()
@@ -272,7 +279,7 @@ class MTMHModel(nn.Module):
         parts = [self.ebc(features).values()]
         content = self.content(codes) if self.content is not None else None  # (B, content_dim)
         if content is not None:
-            parts.append(content)
+            parts.append(content if self._trunk_content is None else content[:, : self._trunk_content])
         x = self.trunk(torch.cat(parts, dim=1))  # (B, hidden[-1])
         out = {}
         for h, head in self.heads.items():
