@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TopPLogitsWarper
 
 from tte_recsys.tte.items import ItemInput
 from tte_recsys.tte.reasoner.backends import GenerationSettings, HFReasoner, LoadSettings, TraceRequest
 from tte_recsys.tte.reasoner.cache import TraceCache
-from tte_recsys.tte.reasoner.decode import common_prefix_len, length_groups, pack_linears
+from tte_recsys.tte.reasoner.decode import common_prefix_len, length_groups, pack_linears, top_p_nucleus
 from tte_recsys.tte.reasoner.generate import generate_traces
 from tte_recsys.tte.reasoner.prompts import get_template
 
@@ -145,6 +145,19 @@ def test_engine_errors_are_clear(tmp_path: Path) -> None:
     vl = build_tiny_qwen2_vl(tmp_path / "vl")
     with pytest.raises(ValueError, match="engine=loop decodes text-only causal LMs; vl is a vision-language"):
         HFReasoner(str(vl), load=LoadSettings(engine="loop"))
+
+
+def test_top_p_nucleus_is_transformers_top_p() -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(6, 500) * 4
+    scores[:4, :3] += 12  # four peaked rows
+    scores[4:] *= 0.05  # two nearly flat ones
+    idx, weights, exact = top_p_nucleus(scores, 0.9, 16)
+    assert exact.tolist() == [True] * 4 + [False] * 2
+    ref = torch.softmax(TopPLogitsWarper(0.9)(torch.zeros((6, 1), dtype=torch.long), scores.clone()), -1)
+    mine = torch.zeros_like(ref).scatter(1, idx, weights / weights.sum(-1, keepdim=True))
+    assert torch.equal(mine[:4] > 0, ref[:4] > 0)  # the same tokens kept
+    assert torch.allclose(mine[:4], ref[:4], atol=1e-6)  # with the same probabilities
 
 
 def test_length_groups_minimise_padding_plus_overhead() -> None:
