@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tte_recsys.models.content import FrozenContent
-from tte_recsys.models.mtmh import ItemFeatures, MTMHModel, ModelConfig
+from tte_recsys.models.mtmh import ItemFeatures, ModelConfig, MTMHModel
 
 
 def _model(table: torch.Tensor, **kw: object) -> MTMHModel:
@@ -40,7 +40,7 @@ def test_starts_as_the_model_without_traces_then_learns_the_trace(to_trunk: bool
 
 
 def test_trace_input_needs_frozen_content_and_an_even_table() -> None:
-    with pytest.raises(ValueError, match="model.trace_input=true needs model.content=frozen"):
+    with pytest.raises(ValueError, match=r"model\.trace_input=true needs model\.content=frozen"):
         ModelConfig(content="trainable", trace_input=True)
     with pytest.raises(ValueError, match="even width"):
         _model(torch.randn(3, 5), trace_input=True)
