@@ -16,12 +16,16 @@ def _model(table: torch.Tensor, **kw: object) -> MTMHModel:
     return MTMHModel(cfg, {"item_id": table.shape[0]}, FrozenContent(table))
 
 
-@pytest.mark.parametrize("to_trunk", [True, False])
-def test_starts_as_the_model_without_traces_then_learns_the_trace(to_trunk: bool) -> None:
+@pytest.mark.parametrize(
+    ("to_trunk", "gate"), [(True, "projection"), (False, "projection"), (False, "scalar")]
+)
+def test_starts_as_the_model_without_traces_then_learns_the_trace(to_trunk: bool, gate: str) -> None:
     n, d = 6, 4
     item = F.normalize(torch.randn(n, d), dim=-1)
     trace = torch.randn(n, d)
-    model = _model(torch.cat([item, trace], dim=1), trace_input=True, trace_to_trunk=to_trunk)
+    model = _model(
+        torch.cat([item, trace], dim=1), trace_input=True, trace_to_trunk=to_trunk, trace_gate=gate
+    )
     assert model.head_dim == d  # the item half's size, not the table's
     codes = torch.arange(n)
     feats = ItemFeatures(n, {}, {}, {}).kjt(codes.numpy())
@@ -31,12 +35,18 @@ def test_starts_as_the_model_without_traces_then_learns_the_trace(to_trunk: bool
     # the trunk reads the trace half only when asked
     first = next(m for m in model.trunk if isinstance(m, torch.nn.Linear))
     assert first.in_features == 4 + (2 * d if to_trunk else d)
-    # the trace projection starts at zero and gets a gradient from the loss
-    skip = model.skips["coeng"].weight
-    assert not skip[:, d:].any()
+    # the trace projection (or gate) starts at zero and gets a gradient from the loss
     loss = -(out["coeng"][0] * out["coeng"][1]).sum()
     loss.backward()
-    assert skip.grad is not None and skip.grad[:, d:].abs().sum() > 0
+    if gate == "scalar":
+        assert model.trace_gates is not None
+        g = model.trace_gates["coeng"]
+        assert model.skips["coeng"].weight.shape == (d, d) and g.item() == 0.0
+        assert g.grad is not None and g.grad.abs().item() > 0
+    else:
+        skip = model.skips["coeng"].weight
+        assert not skip[:, d:].any()
+        assert skip.grad is not None and skip.grad[:, d:].abs().sum() > 0
 
 
 def test_trace_input_needs_frozen_content_and_an_even_table() -> None:

@@ -61,6 +61,10 @@ class ModelConfig:
         trace_to_trunk: with ``trace_input``, the trunk MLP reads the trace half too; False: only
             the heads' zero-initialised trace projection sees it (a linear, per-head use of the
             trace that cannot fit train pairs through the trunk's nonlinear capacity).
+        trace_gate: with ``trace_input``, how each head's skip uses the trace half: ``projection``
+            (its own linear map, zero at the start) or ``scalar`` (one learned weight per head,
+            zero at the start: the skip maps ``v_item + g_h * v_trace``, a fusion weight learned
+            from co-engagement, with nothing else to fit).
     """
 
     heads: tuple[str, ...] = ("coeng", "semantic")
@@ -76,6 +80,7 @@ class ModelConfig:
     min_id_count: int = 0
     trace_input: bool = False
     trace_to_trunk: bool = True
+    trace_gate: str = "projection"
 
     def no_id(self, item_counts: np.ndarray) -> np.ndarray | None:
         """``ItemFeatures.no_id`` for items with these train interaction counts: True below
@@ -97,6 +102,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.trace_input=true needs model.content=frozen (the trace vectors are looked up "
                 f"beside the content vectors), not {self.content!r}"
+            )
+        if self.trace_gate not in ("projection", "scalar"):
+            raise ValueError(
+                f"model.trace_gate={self.trace_gate!r}: expected one of ['projection', 'scalar']"
             )
         if self.min_id_count < 0:
             raise ValueError(f"model.min_id_count={self.min_id_count}: expected >= 0")
@@ -253,9 +262,17 @@ class MTMHModel(nn.Module):
         self.head_dim = cfg.head_dim or (item_dim if content is not None else 64)
         self.heads = nn.ModuleDict({h: nn.Linear(in_dim, self.head_dim) for h in cfg.heads})
         self.skips = nn.ModuleDict()
+        # scalar trace gates: the skip reads v_item + g_h * v_trace (item-sized); None: it reads all
+        self.trace_gates = (
+            nn.ParameterDict({h: nn.Parameter(torch.zeros(1)) for h in cfg.heads})
+            if cfg.trace_input and cfg.trace_gate == "scalar"
+            else None
+        )
+        self._item_dim = item_dim
         if content is not None and cfg.content_skip:
             for h in cfg.heads:
-                skip = nn.Linear(content.dim, self.head_dim, bias=False)
+                skip_in = item_dim if self.trace_gates is not None else content.dim
+                skip = nn.Linear(skip_in, self.head_dim, bias=False)
                 with torch.no_grad():
                     if self.head_dim == item_dim:
                         skip.weight[:, :item_dim].copy_(torch.eye(item_dim))
@@ -285,6 +302,11 @@ class MTMHModel(nn.Module):
         for h, head in self.heads.items():
             y = head(x)  # (B, head_dim)
             if h in self.skips:
-                y = y + self.skips[h](content)
+                assert content is not None
+                if self.trace_gates is not None:
+                    d = self._item_dim
+                    y = y + self.skips[h](content[:, :d] + self.trace_gates[h] * content[:, d:])
+                else:
+                    y = y + self.skips[h](content)
             out[h] = F.normalize(y, dim=-1)
         return out
