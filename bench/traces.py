@@ -35,7 +35,6 @@ from transformers import LogitsProcessorList
 from tte_recsys.data.adapters import AmazonOfficeAdapter
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.backends import (
-    GeneratedRepetitionPenalty,
     GenerationSettings,
     HFReasoner,
     LoadSettings,
@@ -43,6 +42,7 @@ from tte_recsys.tte.reasoner.backends import (
 )
 from tte_recsys.tte.reasoner.cache import TraceCache
 from tte_recsys.tte.reasoner.generate import generate_traces
+from tte_recsys.tte.reasoner.penalty import GeneratedRepetitionPenalty
 from tte_recsys.tte.reasoner.prompts import get_template
 from tte_recsys.tte.tiny import build_tiny_qwen
 

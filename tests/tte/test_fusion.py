@@ -10,7 +10,7 @@ from tte_recsys.tte.embedder import Embedder
 from tte_recsys.tte.factory import build_embedder
 from tte_recsys.tte.fusion import TraceFusion, fuse, item_vectors, trace_vectors
 from tte_recsys.tte.items import ItemInput, embedding_text
-from tte_recsys.tte.reasoner.backends import GeneratedRepetitionPenalty
+from tte_recsys.tte.reasoner.penalty import GeneratedRepetitionPenalty
 
 
 @pytest.fixture(scope="module")

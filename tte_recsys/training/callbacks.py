@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,9 +28,6 @@ from safetensors.torch import save_file
 from tte_recsys.artifacts import atomic_path
 from tte_recsys.distributed import local_device
 from tte_recsys.progress import progress
-
-if TYPE_CHECKING:
-    from tte_recsys.training.loop import TrainResult
 
 __all__ = [
     "READ_EVERY",
@@ -42,6 +39,7 @@ __all__ = [
     "LossReadback",
     "ProgressBar",
     "Timer",
+    "TrainResult",
     "mean_over_ranks",
 ]
 
@@ -75,6 +73,33 @@ def broadcast(value: float, world: int) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=local_device())
     dist.broadcast(t, src=0)
     return float(t.item())
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns (``best_state`` on rank 0 only).
+
+    Attributes:
+        best_state: unsharded weights at the best validation (the last step without validation).
+        best_step, best_score: where and what the selection metric peaked.
+        losses: per step, the global-batch mean of each loss term.
+        valid: per validation, ``{"step": ..., **metrics}``.
+        steps_per_sec: training throughput of this run (data loading included; validation and the first
+            ``WARMUP_STEPS`` steps excluded: :class:`~tte_recsys.training.callbacks.Timer`).
+        stopped_early: whether patience ran out before ``max_steps``.
+        device: where the model trained (``cpu``, ``cuda:0``).
+        plan: table -> sharding type and ranks, as the planner chose them.
+    """
+
+    best_state: dict[str, torch.Tensor] | None
+    best_step: int
+    best_score: float
+    losses: list[dict[str, float]] = field(default_factory=list)
+    valid: list[dict[str, float]] = field(default_factory=list)
+    steps_per_sec: float = float("nan")
+    stopped_early: bool = False
+    device: str = "cpu"
+    plan: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

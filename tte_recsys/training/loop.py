@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from tte_recsys.training.callbacks import (
     LossReadback,
     ProgressBar,
     Timer,
+    TrainResult,
 )
 from tte_recsys.training.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tte_recsys.training.sharding import Sharded, init_tables, process_group, shard_model, unsharded_state
@@ -109,33 +110,6 @@ class TrainerConfig:
     def batches(self) -> BatchConfig:
         """What each of this training's batches holds."""
         return BatchConfig(self.batch_size, self.seed, self.id_dropout, self.uniform_negatives)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`fit` returns (``best_state`` on rank 0 only).
-
-    Attributes:
-        best_state: unsharded weights at the best validation (the last step without validation).
-        best_step, best_score: where and what the selection metric peaked.
-        losses: per step, the global-batch mean of each loss term.
-        valid: per validation, ``{"step": ..., **metrics}``.
-        steps_per_sec: training throughput of this run (data loading included; validation and the first
-            ``WARMUP_STEPS`` steps excluded: :class:`~tte_recsys.training.callbacks.Timer`).
-        stopped_early: whether patience ran out before ``max_steps``.
-        device: where the model trained (``cpu``, ``cuda:0``).
-        plan: table -> sharding type and ranks, as the planner chose them.
-    """
-
-    best_state: dict[str, torch.Tensor] | None
-    best_step: int
-    best_score: float
-    losses: list[dict[str, float]] = field(default_factory=list)
-    valid: list[dict[str, float]] = field(default_factory=list)
-    steps_per_sec: float = float("nan")
-    stopped_early: bool = False
-    device: str = "cpu"
-    plan: dict[str, str] = field(default_factory=dict)
 
 
 def _candidates(t: torch.Tensor, world: int) -> torch.Tensor:

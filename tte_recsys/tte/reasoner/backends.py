@@ -22,7 +22,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
 )
@@ -30,6 +29,7 @@ from transformers import (
 from tte_recsys.config import settings
 from tte_recsys.distributed import resolve_device
 from tte_recsys.tte.models import auto_dtype, resolve_model_dir
+from tte_recsys.tte.reasoner.penalty import PENALTY_SCOPES, GeneratedRepetitionPenalty
 from tte_recsys.tte.vision import ImageInputs, VisionAdapter
 
 if TYPE_CHECKING:
@@ -104,27 +104,7 @@ class FileReasoner:
         ]
 
 
-PENALTY_SCOPES = ("generated", "all")
 ENGINES = ("generate", "loop")
-
-
-class GeneratedRepetitionPenalty(LogitsProcessor):
-    """The CTRL repetition penalty over the tokens generated so far only (columns from
-    ``prompt_len`` on), never over the prompt: dividing positive logits (multiplying negative
-    ones) by ``penalty`` for every token already written."""
-
-    def __init__(self, penalty: float, prompt_len: int) -> None:
-        if not penalty > 0:
-            raise ValueError(f"repetition_penalty={penalty}: expected > 0")
-        self.penalty, self.prompt_len = penalty, prompt_len
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        written = input_ids[:, self.prompt_len :]
-        if written.shape[1] == 0 or self.penalty == 1.0:
-            return scores
-        picked = torch.gather(scores, 1, written)
-        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return cast(torch.FloatTensor, scores.scatter(1, written, picked))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import PreTrainedModel, TopPLogitsWarper
 from transformers.cache_utils import Cache, DynamicLayer
 
-from tte_recsys.tte.reasoner.backends import GeneratedRepetitionPenalty
+from tte_recsys.tte.reasoner.penalty import GeneratedRepetitionPenalty
 
 __all__ = ["Decoding", "LoopDecoder", "common_prefix_len", "length_groups", "pack_linears", "top_p_nucleus"]
 
