@@ -20,6 +20,22 @@ from tte_recsys.vectors import JobSpec, write_shards
 __all__ = ["embed_catalog", "embed_trace_catalog"]
 
 
+def _shard_rows(
+    chunk: Sequence[ItemInput], vecs: np.ndarray, spec: JobSpec, found: Mapping[str, object]
+) -> pl.DataFrame:
+    """One shard's rows of the item-vector format: (n, D') vectors of ``chunk``, in its order."""
+    vecs = np.asarray(vecs, dtype=np.float32)
+    return pl.DataFrame(
+        {
+            "item_id": [it.item_id for it in chunk],
+            "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1])),
+            "model_id": spec.model_id,
+            "trace_version": spec.trace_version,
+            "has_trace": [it.item_id in found for it in chunk],
+        }
+    )
+
+
 def embed_catalog(
     items: Sequence[ItemInput],
     embedder: Encoder,
@@ -48,16 +64,8 @@ def embed_catalog(
 
     def compute(start: int, end: int) -> pl.DataFrame:
         chunk = items[start:end]
-        vecs = item_vectors(embedder, chunk, found, how, batch_size).astype(np.float32)  # (n, D')
-        return pl.DataFrame(
-            {
-                "item_id": [it.item_id for it in chunk],
-                "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1])),
-                "model_id": spec.model_id,
-                "trace_version": spec.trace_version,
-                "has_trace": [it.item_id in found for it in chunk],
-            }
-        )
+        vecs = item_vectors(embedder, chunk, found, how, batch_size)  # (n, D')
+        return _shard_rows(chunk, vecs, spec, found)
 
     return write_shards(len(items), out_dir, spec, compute, rank, world_size)
 
@@ -80,14 +88,6 @@ def embed_trace_catalog(
     def compute(start: int, end: int) -> pl.DataFrame:
         chunk = items[start:end]
         vecs = trace_vectors(embedder, [found.get(it.item_id, []) for it in chunk], batch_size)
-        return pl.DataFrame(
-            {
-                "item_id": [it.item_id for it in chunk],
-                "vector": pl.Series(vecs, dtype=pl.Array(pl.Float32, vecs.shape[1])),
-                "model_id": spec.model_id,
-                "trace_version": spec.trace_version,
-                "has_trace": [it.item_id in found for it in chunk],
-            }
-        )
+        return _shard_rows(chunk, vecs, spec, found)
 
     return write_shards(len(items), out_dir, spec, compute, rank, world_size, desc="embed traces")
