@@ -33,5 +33,7 @@ def test_templates_are_versioned_and_lookup_lists_names() -> None:
     assert t.key == "item_card@v1"
     msgs = t.messages("title: Heat")
     assert msgs[0]["role"] == "system" and "title: Heat" in msgs[1]["content"]
-    with pytest.raises(ValueError, match=r"expected one of \['item_card', 'item_keywords', 'mmeb_query', 'mmeb_target'\]"):
+    with pytest.raises(
+        ValueError, match=r"expected one of \['item_card', 'item_keywords', 'mmeb_query', 'mmeb_target'\]"
+    ):
         get_template("nope")
