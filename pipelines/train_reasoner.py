@@ -1,8 +1,10 @@
-"""Reasoner training: ``python -m pipelines.train_reasoner method=sft|eg_rl|restrain|unified_head``.
+"""Reasoner training: ``python -m pipelines.train_reasoner method=sft|eg_rl|restrain|expert_iteration|unified_head|score``.
 
 Trains the reasoner so that its traces help the embedder retrieve (docs/design.md, "Reasoner
-training"), writes ``report.json`` / ``report.md`` with reward and KL curves (``curves.png``), and
-exports the trained reasoner to ``<run>/export/`` (``reasoner=hf reasoner.model_path=<run>/export``).
+training"), writes ``report.json`` / ``report.md`` with the held-out reward (start, end, the
+paired bootstrap interval of the change), the generated tokens and the curves (``curves.png``),
+and exports the trained reasoner to ``<run>/export/`` (``reasoner=hf reasoner.model_path=<run>/export``).
+A method's settings are ``method.<key>=...`` (``configs/method/<name>.yaml``).
 ``resume=true output_dir=<run>`` continues a killed run from its last checkpoint. ``score=true``
 then generates the catalog's traces with the export and scores content-only retrieval on valid and test.
 """
@@ -24,7 +26,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_reasoner")
 def main(cfg: DictConfig) -> None:
-    keys = ("method", "pairs", "heldout_reward", "unified", "retrieval")
+    keys = ("method", "pairs", "heldout_reward", "generated_tokens", "unified", "retrieval")
     cli(run, cfg, lambda r: print({k: r[k] for k in keys if k in r}))
 
 

@@ -472,14 +472,14 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
     (
         "fewer than two generations",
         "pipelines.train_reasoner",
-        lambda c: ["debug=tiny", "method=eg_rl", "train.num_generations=1", f"hydra.run.dir={c.out}"],
-        r"num_generations",
+        lambda c: ["debug=tiny", "method=eg_rl", "method.num_generations=1", f"hydra.run.dir={c.out}"],
+        r"method\.num_generations=1: GRPO needs a group of >= 2 rollouts per prompt",
     ),
     (
         "unknown reasoner-training method",
         "pipelines.train_reasoner",
         lambda c: ["debug=tiny", "method=dpo", f"hydra.run.dir={c.out}"],
-        r"method='dpo'|method=dpo",
+        r"Could not find 'method/dpo'\s+Available options in 'method':\s+eg_rl\s+expert_iteration",
     ),
 ]
 

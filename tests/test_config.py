@@ -149,6 +149,12 @@ def _build_experiment(cfg: DictConfig, group: str) -> object:
     return I2IConfig.from_cfg(cfg)
 
 
+def _build_method(cfg: DictConfig, group: str) -> object:
+    from tte_recsys.experiment.reasoner import build_method
+
+    return build_method(cfg.method)
+
+
 def _build_debug(cfg: DictConfig, group: str) -> object:
     return cfg.data.sample_users
 
@@ -177,6 +183,7 @@ def _builders() -> dict[str, Callable[[DictConfig, str], object]]:
         "serving": _build_section(IndexConfig),
         "experiment": _build_experiment,
         "debug": _build_debug,
+        "method": _build_method,
     }
 
 
@@ -187,8 +194,9 @@ BUILDERS = _builders()
 def test_every_config_group_option_composes_and_builds(
     compose_cfg: Callable[..., DictConfig], tiny_qwen_dir: Path, tmp_path: Path, group: str, option: str
 ) -> None:
-    # train_i2i holds every group but serving; export_faiss holds serving
-    root = "export_faiss" if group == "serving" else "train_i2i"
+    # train_i2i holds every group but serving and method; export_faiss holds serving,
+    # train_reasoner method
+    root = {"serving": "export_faiss", "method": "train_reasoner"}.get(group, "train_i2i")
     overrides = [f"{group}={option}"]
     if group == "embedder" and option == "openai":
         overrides += ["embedder.base_url=http://127.0.0.1:9/v1", "embedder.model=m"]

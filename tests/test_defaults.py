@@ -4,8 +4,7 @@ defaults its YAML holds, so a user of the library and a user of the command line
 Table-driven: a (class, config, section) row per pair. A class is a dataclass (its field
 defaults) or a callable Hydra builds (its keyword defaults). Every defaulted field must be in the
 section with the same value, and every key of the section must be a field, unless the row says
-why not (``skip``: field or key -> reason; ``rename``: field -> its key). The reasoner-training
-settings (configs/train_reasoner.yaml) join when their classes settle (issue 34).
+why not (``skip``: field or key -> reason; ``rename``: field -> its key).
 """
 
 from __future__ import annotations
@@ -29,6 +28,14 @@ from tte_recsys.experiment.config import CompareConfig, I2IConfig, SelectConfig,
 from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.id_prior import IdPrior
 from tte_recsys.models.mtmh import ModelConfig
+from tte_recsys.reasoner_training.expert_iteration import ExpertIterationSettings
+from tte_recsys.reasoner_training.grpo import EgRlSettings
+from tte_recsys.reasoner_training.methods import ScoreSettings
+from tte_recsys.reasoner_training.policy import PolicySettings
+from tte_recsys.reasoner_training.restrain import RestrainSettings
+from tte_recsys.reasoner_training.rewards import RewardSettings
+from tte_recsys.reasoner_training.sft import SftSettings
+from tte_recsys.reasoner_training.unified import UnifiedSettings
 from tte_recsys.serving.faiss_index import IndexConfig
 from tte_recsys.training.loop import TrainerConfig
 from tte_recsys.tte.factory import build_embedder
@@ -196,13 +203,20 @@ PAIRS = [
     ),
     Pair(ClientSettings, "generate_traces", "reasoner.client", ("reasoner=openai",)),
     Pair(CompletionSettings, "generate_traces", "reasoner.completion", ("reasoner=openai",)),
+    Pair(PolicySettings, "train_reasoner", "train"),
+    Pair(RewardSettings, "train_reasoner", "reward"),
+    Pair(EgRlSettings, "train_reasoner", "method", ("method=eg_rl",)),
+    Pair(RestrainSettings, "train_reasoner", "method", ("method=restrain",)),
+    Pair(SftSettings, "train_reasoner", "method", ("method=sft",)),
+    Pair(ExpertIterationSettings, "train_reasoner", "method", ("method=expert_iteration",)),
+    Pair(UnifiedSettings, "train_reasoner", "method", ("method=unified_head",)),
+    Pair(ScoreSettings, "train_reasoner", "method", ("method=score",)),
 ]
 # groups whose options only override other groups' values, or hold no class of their own
 NO_CLASS = {
     "debug": "overrides for tiny runs",
     "experiment": "presets of other groups",
     "hydra": "Hydra's own",
-    "method": "reasoner training's methods (configs/train_reasoner.yaml): their rows come with issue 34",
 }
 
 

@@ -1,12 +1,16 @@
-"""Every reasoner-training formula against numbers computed by hand (docs/notes/reasoner_training.md)."""
+"""Every reasoner-training formula against numbers computed by hand (docs/notes/reasoner_training.md;
+the catalog reward with its no-trace floor: tte_recsys/reasoner_training/rewards.py)."""
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
+from tte_recsys.reasoner_training.expert_iteration import above_floor
 from tte_recsys.reasoner_training.restrain import (
     RestrainSettings,
     answer_weights,
@@ -17,63 +21,129 @@ from tte_recsys.reasoner_training.restrain import (
     restrain_advantages,
 )
 from tte_recsys.reasoner_training.rewards import (
+    CatalogReward,
     RewardSettings,
+    catalog_ranks,
+    floor_rewards,
     format_reward,
     group_advantages,
-    outcome_rewards,
-    symmetric_candidates,
 )
+from tte_recsys.reasoner_training.tasks import ItemPositives, Side, TrainingPair, item_positives
+from tte_recsys.tte.fusion import TraceFusion
 
 
 def t(*rows: list[float]) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def test_outcome_reward_hard_accuracy_times_softmax_weighted_margin() -> None:
-    # positive 0.9; negatives 0.5, 0.1 with tau 0.5: weights e^1, e^0.2 -> 0.68997, 0.31003
-    # E = 0.375988, margin 0.524012, positive first -> Acc = 1
-    r = outcome_rewards(t([0.9, 0.5, 0.1]), t([1, 0, 0]), k=1, tau=0.5)
-    assert r.item() == pytest.approx(0.524012, abs=1e-5)
+G1, G2, G3 = 1.0, 1 / math.log2(3), 0.5  # DCG gains of ranks 1, 2, 3
 
 
-def test_outcome_reward_accuracy_zero_outside_top_k_and_negative_margin_inside() -> None:
-    sims, pos = t([0.4, 0.6, 0.2]), t([1, 0, 0])
-    assert outcome_rewards(sims, pos, k=1).item() == 0.0  # one negative ahead
-    # k = 2: Acc 1; negatives 0.6, 0.2: weights e^1.2, e^0.4 -> E = 0.475992, margin -0.075992
-    assert outcome_rewards(sims, pos, k=2).item() == pytest.approx(-0.075992, abs=1e-5)
+def a(*rows: list[float]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64)
 
 
-def test_outcome_reward_ties_go_against_the_positive() -> None:
-    assert outcome_rewards(t([0.5, 0.5]), t([1, 0]), k=1).item() == 0.0
+def test_catalog_ranks_by_hand_ties_against_the_positive() -> None:
+    # query item 0 (excluded); candidates 1..3; the positive is 1
+    sims = a([1.0, 0.5, 0.9, 0.3], [1.0, 0.9, 0.9, 0.3])
+    pos = np.array([[0, 1, 0, 0], [0, 1, 0, 0]], dtype=bool)
+    own = np.array([[1, 0, 0, 0], [1, 0, 0, 0]], dtype=bool)
+    r = catalog_ranks(sims, pos, own)
+    assert r[0, 1] == 2  # 0.9 ahead; the query's own 1.0 does not count
+    assert r[1, 1] == 2  # a tie goes against the positive
+    assert np.isnan(r[0, 0]) and np.isnan(r[0, 2])  # ranks only at the positives
 
 
-def test_outcome_reward_soft_accuracy() -> None:
-    # two positives 0.9, 0.7 fill the top 2: 2/2 x 0.5; mean positive 0.8 - E 0.375988
-    r = outcome_rewards(t([0.9, 0.5, 0.7, 0.1]), t([1, 0, 1, 0]), accuracy="soft", soft_scale=0.5)
-    assert r.item() == pytest.approx(0.5 * 0.424012, abs=1e-5)
-    # top 2 = 0.9 (pos), 0.8 (neg): 1/2 x 0.5; mean positive 0.6; negatives 0.8, 0.1: E = 0.661533
-    r = outcome_rewards(t([0.9, 0.8, 0.3, 0.1]), t([1, 0, 1, 0]), accuracy="soft", soft_scale=0.5)
-    assert r.item() == pytest.approx(0.25 * (0.6 - 0.661533), abs=1e-5)
+def test_floor_reward_by_hand() -> None:
+    without = a([1.0, 0.5, 0.9, 0.3])  # the item's own vector ranks the positive 2nd
+    own = np.array([[1, 0, 0, 0]], dtype=bool)
+    pos = np.array([[0, 1, 0, 0]], dtype=bool)
+    helps = a([1.0, 0.95, 0.9, 0.3])  # the trace lifts it to 1st
+    hurts = a([1.0, 0.5, 0.9, 0.6])  # pushes it to 3rd
+    assert floor_rewards(helps, without, pos, own)[0] == pytest.approx(G1 - G2)  # 0.36907
+    assert floor_rewards(hurts, without, pos, own)[0] == pytest.approx(G3 - G2)  # -0.13093
+    assert floor_rewards(hurts, without, pos, own, floor="clipped")[0] == 0.0
+    # a trace that changes nothing earns exactly 0, and so does one that moves scores but no rank
+    assert floor_rewards(without, without, pos, own)[0] == 0.0
+    assert floor_rewards(a([1.0, 0.6, 0.95, 0.2]), without, pos, own)[0] == 0.0
 
 
-def test_outcome_reward_candidates_mask_leaves_non_candidates_out() -> None:
-    # the 0.95 column is not a candidate (e.g. the rollout's own side): the row is the first test's
-    r = outcome_rewards(t([0.9, 0.5, 0.95, 0.1]), t([1, 0, 0, 0]), t([1, 1, 0, 1]), k=1, tau=0.5)
-    assert r.item() == pytest.approx(0.524012, abs=1e-5)
+def test_floor_reward_means_over_the_positives_and_needs_one() -> None:
+    without = a([1.0, 0.5, 0.9, 0.3])
+    with_trace = a([1.0, 0.95, 0.9, 0.92])  # positive 1: 2 -> 1; positive 3: 3 -> 2
+    own = np.array([[1, 0, 0, 0]], dtype=bool)
+    pos = np.array([[0, 1, 0, 1]], dtype=bool)
+    expected = ((G1 - G2) + (G2 - G3)) / 2  # other positives count among the items ahead, as in recall@K
+    assert floor_rewards(with_trace, without, pos, own)[0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="rollout 0 has no positive"):
+        floor_rewards(with_trace, without, np.zeros((1, 4), dtype=bool), own)
 
 
-def test_outcome_reward_needs_a_positive_and_a_negative() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        outcome_rewards(t([0.9, 0.5]), t([0, 0]))
-    with pytest.raises(ValueError, match="negative"):
-        outcome_rewards(t([0.9, 0.5]), t([1, 1]))
+class _TableEmbedder:
+    """Unit vectors by hand: each text's vector is looked up."""
+
+    VECS: ClassVar[dict[str, list[float]]] = {
+        "q": [1.0, 0.0],
+        "a": [0.8, 0.6],
+        "p": [0.0, 1.0],
+        "c": [-1.0, 0.0],
+        "up": [0.0, 1.0],
+        "down": [0.0, -1.0],
+    }
+    dim = 2
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return np.array([self.VECS[t] for t in texts], dtype=np.float32)
 
 
-def test_symmetric_candidates() -> None:
-    # rollouts: pair 0 query, pair 0 target, pair 1 query, pair 1 target
-    cand, pos = symmetric_candidates([0, 0, 1, 1], [0, 1, 0, 1])
-    assert cand.int().tolist() == [[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]]
-    assert pos.int().tolist() == [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
+def test_catalog_reward_fuses_as_evaluation_and_ranks_the_whole_catalog() -> None:
+    # catalog q (1, 0), a (.8, .6), p (0, 1), c (-1, 0); q's positive is p. Without a trace p is
+    # 2nd (a: .8 > p: 0). With "up" at w = 3: u = normalize((1, 0) + 3 (0, 1)) = (.3162, .9487),
+    # so a: .8222 < p: .9487 and p is 1st; "down": u = (.3162, -.9487), a: -.3162, c: -.3162,
+    # p: -.9487, p is 3rd. At w = 1 "up" gives u = (.7071, .7071): a .9899 > p .7071, still 2nd.
+    catalog = [Side(i, i) for i in ("q", "a", "p", "c")]
+    emb = _TableEmbedder()
+    reward = CatalogReward(emb, catalog, TraceFusion(weight=3.0), RewardSettings())  # type: ignore[arg-type]
+    q, pos = [catalog[0]] * 4, [("p",)] * 4
+    r = reward.score(q, ["up", "down", "", "<think> </think>"], pos)
+    assert r.tolist() == pytest.approx([G1 - G2, G3 - G2, 0.0, 0.0])  # no trace, or an empty one: exactly 0
+    weak = CatalogReward(emb, catalog, TraceFusion(weight=1.0), RewardSettings())  # type: ignore[arg-type]
+    assert weak.score(q[:1], ["up"], pos[:1]).tolist() == [0.0]  # moved, but no rank changed
+    # reward.trace_weight overrides the embedder's weight; clipped: a harmful trace earns 0
+    clipped = CatalogReward(
+        emb, catalog, TraceFusion(weight=1.0), RewardSettings(trace_weight=3.0, floor="clipped")
+    )  # type: ignore[arg-type]
+    assert clipped.score(q[:2], ["up", "down"], pos[:2]).tolist() == pytest.approx([G1 - G2, 0.0])
+    assert reward.top1(q[:2], ["up", "down"]) == ["p", "a"]  # its own item never answers (a, c tie: first)
+
+
+def test_expert_iteration_keeps_what_beats_the_floor() -> None:
+    x, y = ItemPositives(Side("x", "x"), ("y",)), ItemPositives(Side("y", "y"), ("x",))
+    traces = [["a", "b", "a", "c"], ["d", "e", "f", "g"]]
+    rewards = np.array([[0.2, 0.0, 0.2, 0.5], [0.0, -0.1, 0.0, -0.3]])  # y: nothing beats its floor
+    assert above_floor([x, y], traces, rewards, "best") == [(x.side, "c")]
+    assert above_floor([x, y], traces, rewards, "all") == [(x.side, "a"), (x.side, "c")]  # distinct, > 0
+
+
+def test_catalog_reward_refuses_what_it_cannot_score() -> None:
+    catalog = [Side(i, i) for i in ("q", "a", "p")]
+    emb = _TableEmbedder()
+    with pytest.raises(ValueError, match=r"embedder\.traces='concat'"):
+        CatalogReward(emb, catalog, TraceFusion(mode="concat"), RewardSettings())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="1 repeated ids"):
+        CatalogReward(emb, [*catalog, catalog[0]], TraceFusion(), RewardSettings())  # type: ignore[arg-type]
+    reward = CatalogReward(emb, catalog, TraceFusion(), RewardSettings())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"positive\(s\) \['zz'\] of item 'q' are not in the catalog"):
+        reward.score([catalog[0]], ["up"], [("zz",)])
+
+
+def test_item_positives_gather_every_partner_both_ways() -> None:
+    x, y, z, t = (Side(i, i) for i in ("x", "y", "z", "t"))
+    pairs = [TrainingPair(x, y), TrainingPair(z, x), TrainingPair(x, y), TrainingPair(t, None)]
+    got = {p.side.id: p.positives for p in item_positives(pairs, {"x", "y", "z"})}
+    assert got == {"x": ("y", "z"), "y": ("x",), "z": ("x",)}
+    # a query outside the catalog (a pair table's) gets its target; its target gets no partner
+    assert [(p.side.id, p.positives) for p in item_positives([TrainingPair(t, x)], {"x"})] == [("t", ("x",))]
 
 
 def test_format_reward() -> None:
@@ -126,8 +196,10 @@ def test_restrain_negative_self_penalty() -> None:
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="accuracy"):
-        RewardSettings(accuracy="median")
+    with pytest.raises(ValueError, match=r"reward.floor='median': expected one of \['signed', 'clipped'\]"):
+        RewardSettings(floor="median")
+    with pytest.raises(ValueError, match=r"reward\.trace_weight=0\.0"):
+        RewardSettings(trace_weight=0.0)
     with pytest.raises(ValueError, match="sigma"):
         RestrainSettings(sigma=0.0)
 

@@ -1,14 +1,18 @@
-"""One reasoner-training run (``pipelines.train_reasoner``): the data, the start, the training,
-the held-out reward, the export, the report and, optionally, the traces' retrieval score.
+"""One reasoner-training run (``pipelines.train_reasoner``): the data, the method, the report
+and, optionally, the traces' retrieval score.
 
-``method``: ``sft`` (TTE_s), ``eg_rl`` (embedder-guided GRPO), ``restrain`` (label-free GRPO),
-``unified_head`` (TTE_u: a trained reasoner frozen, an embedding head trained on its states);
-``score`` trains nothing and scores ``score_reasoner`` (``score_reasoner.model_path=none``: no
-traces), the rows the trained reasoners are compared with.
+``method`` is a config group (``configs/method/<name>.yaml``): its ``_target_`` names the method's
+class (:mod:`tte_recsys.reasoner_training.methods`), its other keys the class's settings. ``sft``
+(TTE_s), ``eg_rl`` (embedder-guided GRPO), ``restrain`` (label-free GRPO), ``expert_iteration``
+(sample, keep above the no-trace floor, SFT, repeat), ``unified_head`` (TTE_u: a trained
+reasoner frozen, an embedding head trained on its states); ``score`` trains nothing and scores
+``score_reasoner`` (``score_reasoner.model_path=none``: no traces), the rows the trained reasoners
+are compared with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tte_recsys.artifacts import write_json, write_text
@@ -27,37 +31,40 @@ from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import TemporalSplit, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_retriever
-from tte_recsys.experiment.stages import embed_items, generate_catalog_traces, stage_config, uses_reasoner
-from tte_recsys.reasoner_training.grpo import eg_rl_rows, restrain_rows, train_grpo
-from tte_recsys.reasoner_training.policy import PolicySettings, export_reasoner, load_policy, sample
-from tte_recsys.reasoner_training.restrain import RestrainAnswers, RestrainSettings, starting_prompt_weights
-from tte_recsys.reasoner_training.rewards import EmbedderReward, RewardSettings
-from tte_recsys.reasoner_training.sft import SftSettings, best_of_n_traces, teacher_traces, train_sft
-from tte_recsys.reasoner_training.tasks import Side, TrainingPair, i2i_pairs, table_pairs, unlabeled_queries
+from tte_recsys.experiment.stages import (
+    embed_items,
+    generate_catalog_traces,
+    stage_config,
+    trace_fusion,
+    uses_reasoner,
+)
+from tte_recsys.reasoner_training.methods import ReasonerMethod, RunContext
+from tte_recsys.reasoner_training.policy import PolicySettings
+from tte_recsys.reasoner_training.rewards import CatalogReward, RewardSettings
+from tte_recsys.reasoner_training.tasks import (
+    TaskData,
+    TrainingPair,
+    i2i_pairs,
+    item_side,
+    table_pairs,
+)
 from tte_recsys.reasoner_training.toy import build_toy_models, toy_task
-from tte_recsys.reasoner_training.unified import UnifiedSettings, train_unified
 from tte_recsys.runs import data_configs, finish_run, load_dataset
 from tte_recsys.tte.factory import embedder_from_config
 from tte_recsys.tte.items import ItemInput, item_inputs
 from tte_recsys.tte.lora import LoraSettings
-from tte_recsys.tte.reasoner.prompts import PromptTemplate, get_template
+from tte_recsys.tte.reasoner.prompts import get_template
 from tte_recsys.vectors import load_vectors
 
-__all__ = ["METHODS", "ReasonerData", "heldout_reward", "prepare_reasoner_data", "train_reasoner"]
+__all__ = ["ReasonerData", "build_method", "prepare_reasoner_data", "train_reasoner"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "eg_rl", "restrain", "unified_head", "score")
-
 
 @dataclass
-class ReasonerData:
-    """The run's catalog (as sides), its training pairs, held-out pairs and, with a dataset (not
-    the toy task), the dataset and its split."""
+class ReasonerData(TaskData):
+    """:class:`TaskData` and, with a dataset (not the toy task), the dataset and its split."""
 
-    catalog: list[Side]
-    pairs: list[TrainingPair]
-    heldout: list[TrainingPair]
     dataset: Dataset | None = None
     split: TemporalSplit | None = None
 
@@ -75,7 +82,7 @@ def _valid_pairs(split: TemporalSplit, items: Sequence[ItemInput], n: int, seed:
             continue
         d = int(rng.choice(targets))
         seen |= {q, d}
-        out.append(TrainingPair(Side(items[q].item_id, items[q].text), Side(items[d].item_id, items[d].text)))
+        out.append(TrainingPair(item_side(items[q]), item_side(items[d])))
         if len(out) == n:
             break
     return out
@@ -83,58 +90,67 @@ def _valid_pairs(split: TemporalSplit, items: Sequence[ItemInput], n: int, seed:
 
 def prepare_reasoner_data(cfg: DictConfig, out: Path) -> tuple[ReasonerData, dict[str, str]]:
     """The data of a run, and the model folders it uses (``policy``, ``embedder``): the toy task
-    and its tiny models with ``toy=true`` (built under ``out/toy``), else the configured dataset."""
+    and its tiny models with ``toy=true`` (built under ``out/toy``), else the configured dataset.
+    ``task=table``: the table's targets are the catalog and its last ``heldout_pairs`` rows are
+    held out (the dataset is still loaded: ``score=true`` scores on its split)."""
     seed = int(cfg.train.seed)
     n_held = int(cfg.heldout_pairs)
     if cfg.toy:
         reasoner_dir, embedder_dir = build_toy_models(out / "toy", seed=seed)
         task = toy_task(int(cfg.toy_items), seed)
-        catalog = [task.side(i) for i in range(task.items.height)]
-        data = ReasonerData(catalog, task.pairs(int(cfg.max_pairs), seed), task.pairs(n_held, seed + 1))
+        toy_items = [task.item(i) for i in range(task.items.height)]
+        data = ReasonerData(
+            [item_side(it) for it in toy_items],
+            task.pairs(int(cfg.max_pairs), seed),
+            task.pairs(n_held, seed + 1),
+            {it.item_id: it for it in toy_items},
+        )
         return data, {"policy": str(reasoner_dir), "embedder": str(embedder_dir)}
     ds = load_dataset(cfg.data)
     pairs_cfg, split_cfg, _ = data_configs(cfg.data)
     split = temporal_split(ds, pairs_cfg, split_cfg)
     split.require_usable(ds.name)
     items = item_inputs(ds, list(cfg.data.content_fields))
-    catalog = [Side(it.item_id, it.text, it.image_path) for it in items]
+    dirs = {"policy": str(cfg.policy_path), "embedder": str(cfg.embedder.model_path)}
     if cfg.task == "table":
         if not cfg.pairs_table:
             raise ValueError("task=table: set pairs_table=<parquet with query_text, target_text>")
-        pairs = table_pairs(str(cfg.pairs_table))
-    elif cfg.task == "i2i":
-        pairs = i2i_pairs(split.train_pairs, items, int(cfg.max_pairs), seed)
-    else:
+        rows = table_pairs(str(cfg.pairs_table))
+        if len(rows) <= n_held:
+            raise ValueError(
+                f"task=table: {len(rows)} rows in {cfg.pairs_table}, need more than heldout_pairs={n_held}"
+            )
+        targets = list({p.target.id: p.target for p in rows if p.target is not None}.values())
+        return ReasonerData(targets, rows[:-n_held], rows[-n_held:], {}, ds, split), dirs
+    if cfg.task != "i2i":
         raise ValueError(f"task={cfg.task!r}: expected 'i2i' or 'table'")
-    data = ReasonerData(catalog, pairs, _valid_pairs(split, items, n_held, seed), ds, split)
-    return data, {"policy": str(cfg.policy_path), "embedder": str(cfg.embedder.model_path)}
+    pairs = i2i_pairs(split.train_pairs, items, int(cfg.max_pairs), seed)
+    catalog = [item_side(it) for it in items]
+    by_id = {it.item_id: it for it in items}
+    return ReasonerData(catalog, pairs, _valid_pairs(split, items, n_held, seed), by_id, ds, split), dirs
 
 
-def heldout_reward(
-    model: torch.nn.Module,
-    tok: Any,
-    pairs: Sequence[TrainingPair],
-    template: PromptTemplate,
-    reward: EmbedderReward,
-    s: PolicySettings,
-    n: int,
-    seed: int,
-) -> float:
-    """Mean EG-RL outcome reward of ``n`` sampled traces per side of held-out pairs, scored in
-    batches of ``pairs_per_step`` pairs as in training (labels are used here, never in RESTRAIN's training)."""
-    sides = [x for p in pairs for x in (p.query, p.target) if x is not None]
-    traces = sample(model, tok, [template.messages(x.text) for x in sides], n, s, seed=seed)
-    values = reward.score_samples(sides, traces, max(2, s.pairs_per_step))
-    if np.isnan(values).all():
-        raise ValueError(f"heldout_pairs: {len(pairs)} held-out pairs, need >= 2")
-    return float(np.nanmean(values))
+def build_method(node: Any) -> ReasonerMethod:
+    """The method of ``cfg.method`` (its ``_target_`` class built with its settings).
+
+    Raises:
+        ValueError: the ``_target_`` is no :class:`ReasonerMethod`.
+    """
+    method = instantiate(node, _convert_="all", _recursive_=False)  # a teacher config stays a mapping
+    if not isinstance(method, ReasonerMethod):
+        raise ValueError(
+            f"method._target_={node.get('_target_')!r} is not a reasoner-training method "
+            "(a tte_recsys.reasoner_training.methods.ReasonerMethod)"
+        )
+    return method
 
 
 def _embedder_cfg(cfg: DictConfig, embedder_dir: str) -> DictConfig:
     e = OmegaConf.to_container(cfg.embedder, resolve=True)
     assert isinstance(e, dict)
-    if cfg.toy:  # the toy embedder: mean pooling, PyTorch (no ONNX export of a 64-wide toy)
-        e.update(model_path=embedder_dir, runtime="torch", pooling="mean")
+    if cfg.toy:  # the toy embedder: mean pooling, PyTorch (no ONNX export of a 64-wide toy); its
+        # traces are a few words, and at w = 0.1 the right category word earns only ~0.03 (toy.py)
+        e.update(model_path=embedder_dir, runtime="torch", pooling="mean", trace_weight=0.5)
     return OmegaConf.create(e)
 
 
@@ -173,7 +189,7 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     more = {"traces_dir": str(traces_dir) if uses else None, "shard_size": 4096}
     embed_items(cast(DictConfig, OmegaConf.merge(stage, more)), vec_dir)
 
-    ds_items = [x.id for x in data.catalog]
+    ds_items = data.dataset.items["item_id"].to_list()
     vectors = load_vectors(str(vec_dir)).aligned(ds_items)
     eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
     _, _, label_cfg = data_configs(cfg.data)
@@ -187,114 +203,74 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
 
 def train_reasoner(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Run ``cfg.method`` end to end into ``out`` (see the module docstring); returns the report."""
-    method = str(cfg.method)
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {list(METHODS)}")
-    if method == "score":
-        return _score_only(cfg, out)
-    s = from_mapping(PolicySettings, cfg.train, "train")
+    method = build_method(cfg.method)
+    policy = from_mapping(PolicySettings, cfg.train, "train")
     rs = from_mapping(RewardSettings, cfg.reward, "reward")
     lora = from_mapping(LoraSettings, cfg.lora, "lora")
     template = get_template(str(cfg.prompt))
     data, dirs = prepare_reasoner_data(cfg, out)
-    embedder, model_id = embedder_from_config(_embedder_cfg(cfg, dirs["embedder"]))
-    reward = EmbedderReward(embedder, rs, batch_size=int(cfg.embedder.batch_size))
-    policy_dir = (
-        str(cfg.unified.reasoner_path or dirs["policy"]) if method == "unified_head" else dirs["policy"]
+    embedder_cfg = _embedder_cfg(cfg, dirs["embedder"])
+    model_id: list[str] = []
+
+    def reward() -> CatalogReward:
+        embedder, mid = embedder_from_config(embedder_cfg)
+        model_id.append(mid)
+        return CatalogReward(
+            embedder, data.catalog, trace_fusion(embedder_cfg), rs, int(embedder_cfg.batch_size)
+        )
+
+    def score(model_path: str | None) -> dict[str, Any]:
+        if data.split is None:
+            raise ValueError(f"method={method.name} with scoring needs a dataset split (not the toy task)")
+        return score_traces(cfg, out / "score", data, _score_reasoner(cfg, model_path))
+
+    scored = OmegaConf.select(cfg, "score_reasoner.model_path", throw_on_missing=False)  # None: unset
+    ctx = RunContext(
+        data=data,
+        template=template,
+        policy=policy,
+        lora=lora,
+        out=out,
+        resume=bool(cfg.resume),
+        policy_path=dirs["policy"],
+        heldout_samples=int(cfg.heldout_samples),
+        cache_dir=str(cfg.cache_dir),
+        reward=reward,
+        score_traces=score,
+        score_reasoner=str(scored if scored is not None else cfg.score_reasoner.get("_target_")),
     )
-    policy, tok = load_policy(policy_dir)
-    n_eval, seed = int(cfg.heldout_samples), s.seed
+    result = method.run(ctx)
     report: dict[str, Any] = {
-        "method": method,
-        "policy": policy_dir,
-        "embedder": model_id,
+        "method": method.name,
+        "policy": result.policy,
+        "embedder": model_id[0] if model_id else str(embedder_cfg.model_path),
         "pairs": len(data.pairs),
         "heldout_pairs": len(data.heldout),
-        "settings": OmegaConf.to_container(cfg.train, resolve=True),
+        "settings": {"train": dataclasses.asdict(policy), "method": method.settings_dict()},
+        **result.report,
+        "curves": result.history,
     }
-    if method != "unified_head":  # the unified head reports its own held-out retrieval
-        start = heldout_reward(policy, tok, data.heldout, template, reward, s, n_eval, seed + 7)
-        log.info("%s: held-out reward of the starting policy %.4f", method, start)
-    ckpt = out / "checkpoints"
-    history: list[dict[str, float]] = []
-    model: Any = policy
-    if method == "eg_rl":
-        model, history = train_grpo(
-            "eg_rl", policy, tok, eg_rl_rows(data.pairs, template, s), reward, s, lora, ckpt, bool(cfg.resume)
-        )
-    elif method == "restrain":
-        rst = from_mapping(RestrainSettings, cfg.restrain, "restrain")
-        queries = unlabeled_queries(data.catalog, int(cfg.max_queries), seed)
-        cat_vecs = embedder.encode([x.text for x in data.catalog], batch_size=int(cfg.embedder.batch_size))
-        answers = RestrainAnswers(reward, cat_vecs, [x.id for x in data.catalog], s.num_generations)
-        weights = starting_prompt_weights(policy, tok, queries, template, answers, s, rst)
-        report["prompt_weights"] = {"mean": float(np.mean(weights)), "min": float(np.min(weights))}
-        model, history = train_grpo(
-            "restrain",
-            policy,
-            tok,
-            restrain_rows(queries, template, weights, s),
-            reward,
-            s,
-            lora,
-            ckpt,
-            bool(cfg.resume),
-            restrain=rst,
-            catalog=(cat_vecs, [x.id for x in data.catalog]),
-        )
-    elif method == "sft":
-        sft = from_mapping(SftSettings, {k: v for k, v in cfg.sft.items() if k != "teacher"}, "sft")
-        if sft.source == "best_of_n":
-            examples, picked = best_of_n_traces(policy, tok, data.pairs, template, reward, s, sft)
-            report["best_of_n"] = picked
-        else:
-            examples = teacher_traces(cfg.sft.teacher, data.pairs, template, out / "teacher", cfg.cache_dir)
-        model, history = train_sft(policy, tok, examples, template, s, lora, sft, ckpt, bool(cfg.resume))
-    else:
-        uni = from_mapping(UnifiedSettings, cfg.unified, "unified")
-        head_report = train_unified(policy, tok, data, template, s, uni, out / "export")
-        report["unified"] = head_report
-    if method != "unified_head":
-        end = heldout_reward(model, tok, data.heldout, template, reward, s, n_eval, seed + 7)
-        report["heldout_reward"] = {"start": start, "end": end}
-        log.info("%s: held-out reward %.4f -> %.4f", method, start, end)
-        export_reasoner(model, tok, out / "export", {"method": method, "base": policy_dir, "steps": s.steps})
-    report["curves"] = history
-    if history:
-        _plot_curves(history, out / "curves.png", f"{method}: {Path(policy_dir).name}")
-    if cfg.score and method != "unified_head":
-        if data.split is None:
-            raise ValueError("score=true needs a dataset split (not the toy task)")
-        hf = cast(dict[str, Any], OmegaConf.to_container(cfg.score_reasoner, resolve=True))
-        hf["model_path"] = str(out / "export")
-        report["retrieval"] = score_traces(cfg, out / "score", data, hf)
+    if result.history:
+        _plot_curves(result.history, out / "curves.png", f"{method.name}: {Path(result.policy).name}")
+    if cfg.score and "retrieval" not in report:  # method=score has scored already
+        if result.export is None:
+            raise ValueError(f"score=true: method={method.name} exports no reasoner to score")
+        report["retrieval"] = score(str(result.export))
     write_json(out / "report.json", report)
     write_text(out / "report.md", _report_md(report))
-    finish_run(out, "train_reasoner_run", cfg, {"method": method})
+    finish_run(out, "train_reasoner_run", cfg, {"method": method.name})
     return report
 
 
-def _score_only(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    data, _ = prepare_reasoner_data(cfg, out)
-    if data.split is None:
-        raise ValueError("method=score needs a dataset split (not the toy task)")
-    hf = cast(dict[str, Any], OmegaConf.to_container(cfg.score_reasoner, resolve=True))
-    path = str(hf.get("model_path"))
-    reasoner: dict[str, Any] = (
-        {"_target_": "tte_recsys.tte.reasoner.backends.NoReasoner"} if path == "none" else hf
-    )
-    report = {
-        "method": "score",
-        "policy": path,
-        "embedder": str(cfg.embedder.model_path),
-        "pairs": 0,
-        "heldout_pairs": 0,
-    }
-    report["retrieval"] = score_traces(cfg, out / "score", data, reasoner)
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", _report_md(report))
-    finish_run(out, "train_reasoner_run", cfg, {"method": "score"})
-    return report
+def _score_reasoner(cfg: DictConfig, model_path: str | None) -> dict[str, Any]:
+    """The reasoner config that writes the traces to score: ``score_reasoner`` (with ``model_path``
+    where given); a ``model_path`` of ``none``: no traces."""
+    r = cast(dict[str, Any], OmegaConf.to_container(cfg.score_reasoner, resolve=True))
+    if model_path is not None:
+        r["model_path"] = model_path
+    if str(r.get("model_path")) == "none":
+        return {"_target_": "tte_recsys.tte.reasoner.backends.NoReasoner"}
+    return r
 
 
 def _report_md(r: dict[str, Any]) -> str:
@@ -306,8 +282,18 @@ def _report_md(r: dict[str, Any]) -> str:
     ]
     lines += [f"- training pairs: {r['pairs']}, held-out pairs: {r['heldout_pairs']}"]
     if "heldout_reward" in r:
-        h = r["heldout_reward"]
-        lines += [f"- held-out EG-RL reward: start {h['start']:.4f}, end {h['end']:.4f}"]
+        h, c = r["heldout_reward"], r["heldout_reward"]["change"]
+        lines += [
+            f"- held-out reward (catalog rank, no-trace floor): start {h['start']:.4f}, end {h['end']:.4f}, "
+            f"change {c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] (paired bootstrap 95%, {c['n']} items)",
+            f"- generated tokens (training): {r['generated_tokens']:,}",
+        ]
+    for x in r.get("expert_iteration", {}).get("rounds", []):
+        c = x["change"]
+        lines.append(
+            f"- round {x['round']}: kept {x['kept']} of {x['sampled']} traces, {x['generated_tokens']:,} tokens "
+            f"so far, held-out reward {x['heldout_reward']:.4f} (change {c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}])"
+        )
     if "unified" in r:
         lines += [f"- unified head: {r['unified']}"]
     if "retrieval" in r:

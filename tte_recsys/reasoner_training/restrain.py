@@ -1,7 +1,8 @@
-"""RESTRAIN without labels: answer weights, negative self-penalisation, prompt weights.
+"""RESTRAIN without labels (``method=restrain``): answer weights, negative self-penalisation,
+prompt weights.
 
 For a prompt x with n rollouts, each rollout's answer is the catalog item its trace-conditioned
-embedding retrieves at top 1 (the trigger excluded). With the answers' vote counts c_j and
+query (fused as the catalog reward fuses it) retrieves at top 1 (the trigger excluded). With the answers' vote counts c_j and
 shares f_j = c_j / n (``docs/notes/reasoner_training.md``):
 
 * ``g(p) = exp(-(p - center)^2 / (2 sigma^2))``; answer weights ``w_j = g(f_j) / sum_l g(f_l)``;
@@ -17,7 +18,6 @@ shares f_j = c_j / n (``docs/notes/reasoner_training.md``):
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,16 +25,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import GRPOTrainer
 
+from tte_recsys.reasoner_training.grpo import GrpoSettings, grpo_args, grpo_generated_tokens, train_grpo
+from tte_recsys.reasoner_training.methods import PolicyMethod, RunContext, Trained
+from tte_recsys.reasoner_training.policy import PolicySettings, sample_counted
 from tte_recsys.reasoner_training.rewards import (
-    EmbedderReward,
+    CatalogReward,
     completion_text,
     gather_batch,
     group_advantages,
 )
+from tte_recsys.reasoner_training.tasks import Side, unlabeled_queries
+from tte_recsys.tte.reasoner.prompts import PromptTemplate
 
 __all__ = [
+    "Restrain",
     "RestrainAnswers",
     "RestrainSettings",
     "RestrainTrainer",
@@ -49,9 +56,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class RestrainSettings:
-    """RESTRAIN's hyperparameters (``restrain.*``); no source gives defaults (chosen on valid,
-    docs/results.md has the sensitivity).
+class RestrainSettings(GrpoSettings):
+    """RESTRAIN (``method=restrain``): GRPO's settings and RESTRAIN's hyperparameters; no source
+    gives defaults for these (chosen on valid, docs/results.md has the sensitivity).
 
     Attributes:
         center, sigma: the Gaussian over vote shares (the notes' k and sigma).
@@ -62,6 +69,7 @@ class RestrainSettings:
             more than this share of a batch's prompts is no answer (1: off). Without it a trace
             that sends every query to one hub item is perfectly consistent, and the label-free
             objective collapses onto it (seen on the toy task: every trace became one filler word).
+        max_queries: label-free catalog items drawn as prompts.
     """
 
     center: float = 1.0
@@ -70,14 +78,18 @@ class RestrainSettings:
     delta: float = 0.2
     scale_rewards: bool = True
     max_prompt_share: float = 0.5
+    max_queries: int = 512
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_queries < 1:
+            raise ValueError(f"method.max_queries={self.max_queries}: expected >= 1")
         if not self.sigma > 0 or self.kappa < 1 or self.delta < 0:
             raise ValueError(
-                f"restrain: sigma={self.sigma} must be > 0, kappa={self.kappa} >= 1, delta={self.delta} >= 0"
+                f"method: sigma={self.sigma} must be > 0, kappa={self.kappa} >= 1, delta={self.delta} >= 0"
             )
         if not 0 < self.max_prompt_share <= 1:
-            raise ValueError(f"restrain.max_prompt_share={self.max_prompt_share}: expected 0 < share <= 1")
+            raise ValueError(f"method.max_prompt_share={self.max_prompt_share}: expected 0 < share <= 1")
 
 
 def gaussian(p: float | np.ndarray, center: float, sigma: float) -> float | np.ndarray:
@@ -128,37 +140,33 @@ def restrain_advantages(answers: Sequence[str], u: float, s: RestrainSettings) -
 
 
 class RestrainAnswers:
-    """TRL reward function of RESTRAIN: each rollout's answer (the catalog item its embedding
-    retrieves at top 1, its own item excluded), kept for :class:`RestrainTrainer`. It returns
-    each rollout's agreement with its group's majority (1 or 0), which is logged as the reward;
-    the advantages are RESTRAIN's, not GRPO's of this number."""
+    """TRL reward function of RESTRAIN: each rollout's answer (:meth:`CatalogReward.top1`), kept
+    for :class:`RestrainTrainer`. It returns each rollout's agreement with its group's majority
+    (1 or 0), which is logged as the reward; the advantages are RESTRAIN's, not GRPO's of this number."""
 
     __name__ = "consistency"
 
-    def __init__(
-        self, reward: EmbedderReward, catalog: np.ndarray, catalog_ids: Sequence[str], group: int
-    ) -> None:
+    def __init__(self, reward: CatalogReward, group: int) -> None:
         self.reward, self.group = reward, group
-        self.catalog = torch.from_numpy(np.ascontiguousarray(catalog, dtype=np.float32))  # (N, D)
-        self.code = {i: c for c, i in enumerate(catalog_ids)}
-        self.ids = list(catalog_ids)
         self.last_answers: list[str] = []
 
-    def answers(self, texts: Sequence[str], raws: Sequence[str], item_ids: Sequence[str]) -> list[str]:
-        q = torch.from_numpy(self.reward.embed(texts, raws))  # (R, D)
-        scores = q @ self.catalog.T  # (R, N)
-        own = torch.tensor([self.code.get(i, -1) for i in item_ids])
-        rows = torch.nonzero(own >= 0).squeeze(1)
-        scores[rows, own[rows]] = -math.inf
-        return [self.ids[int(j)] for j in scores.argmax(1)]
+    def answers(self, sides: Sequence[Side], raws: Sequence[str]) -> list[str]:
+        return self.reward.top1(sides, raws)
 
     def __call__(
-        self, prompts: list[Any], completions: list[Any], text: list[str], item_id: list[str], **_: Any
+        self,
+        prompts: list[Any],
+        completions: list[Any],
+        text: list[str],
+        item_id: list[str],
+        image_path: list[str | None] | None = None,
+        **_: Any,
     ) -> list[float]:
-        local = list(zip(text, [completion_text(c) for c in completions], item_id, strict=True))
+        images = image_path if image_path is not None else [None] * len(text)
+        raws = [completion_text(c) for c in completions]
+        local = [(Side(i, t, im), r) for i, t, im, r in zip(item_id, text, images, raws, strict=True)]
         rows, begin = gather_batch(local)
-        t, r, i = (list(c) for c in zip(*rows, strict=True))
-        self.last_answers = self.answers(t, r, i)
+        self.last_answers = self.answers([x for x, _ in rows], [r for _, r in rows])
         agree = []
         for start in range(0, len(rows), self.group):
             g = self.last_answers[start : start + self.group]
@@ -168,23 +176,47 @@ class RestrainAnswers:
 
 
 def starting_prompt_weights(
-    policy: Any,
-    tok: Any,
-    queries: Sequence[Any],
-    template: Any,
+    policy: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    queries: Sequence[Side],
+    template: PromptTemplate,
     answers: RestrainAnswers,
-    s: Any,
+    p: PolicySettings,
     r: RestrainSettings,
-) -> list[float]:
-    """``u_x`` of every query from ``s.num_generations`` rollouts of the frozen starting policy
-    (once, before training): ``queries`` are label-free pairs, ``template`` their prompt."""
-    from tte_recsys.reasoner_training.policy import sample
-
-    texts = [q.query.text for q in queries]
-    ref = sample(policy, tok, [template.messages(t) for t in texts], s.num_generations, s, seed=s.seed)
-    return [
-        prompt_weight(answers.answers([q.query.text] * len(t), t, [q.query.id] * len(t)), r.center, r.sigma)
+) -> tuple[list[float], int]:
+    """``u_x`` of every query from ``r.num_generations`` rollouts of the frozen starting policy
+    (once, before training), sampled with the decoding of ``p``; and the tokens they took."""
+    prompts = [template.messages(q.text) for q in queries]
+    ref, tokens = sample_counted(policy, tok, prompts, r.num_generations, p, seed=p.seed)
+    weights = [
+        prompt_weight(answers.answers([q] * len(t), t), r.center, r.sigma)
         for q, t in zip(queries, ref, strict=True)
+    ]
+    return weights, tokens
+
+
+def restrain_rows(
+    queries: Sequence[Side],
+    template: PromptTemplate,
+    weights: Sequence[float],
+    r: RestrainSettings,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Rows for ``steps`` steps of ``prompts_per_step`` label-free queries with their prompt weights."""
+    if len(queries) != len(weights):
+        raise ValueError(f"RESTRAIN: {len(weights)} prompt weights for {len(queries)} queries")
+    rng = np.random.default_rng(seed)
+    need = r.steps * r.prompts_per_step
+    order = np.concatenate([rng.permutation(len(queries)) for _ in range(-(-need // len(queries)))])[:need]
+    return [
+        {
+            "prompt": template.messages(queries[i].text),
+            "text": queries[i].text,
+            "item_id": queries[i].id,
+            "image_path": queries[i].image,
+            "prompt_weight": float(weights[i]),
+        }
+        for i in order
     ]
 
 
@@ -213,3 +245,38 @@ class RestrainTrainer(GRPOTrainer):
         self._metrics["train"]["restrain/advantage_mean"].append(float(local.mean()))
         out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
         return out
+
+
+class Restrain(PolicyMethod):
+    """RESTRAIN: label-free GRPO on catalog items; the labelled held-out reward only measures."""
+
+    name = "restrain"
+    settings_type = RestrainSettings
+    settings: RestrainSettings
+
+    def train(
+        self, ctx: RunContext, policy: PreTrainedModel, tok: PreTrainedTokenizerBase, start: np.ndarray
+    ) -> Trained:
+        r = self.settings
+        queries = [q.query for q in unlabeled_queries(ctx.data.catalog, r.max_queries, ctx.policy.seed)]
+        answers = RestrainAnswers(ctx.reward, r.num_generations)
+        weights, ref_tokens = starting_prompt_weights(
+            policy, tok, queries, ctx.template, answers, ctx.policy, r
+        )
+        rows = restrain_rows(queries, ctx.template, weights, r, ctx.policy.seed)
+        model, history = train_grpo(
+            self.name,
+            policy,
+            tok,
+            rows,
+            [answers],
+            grpo_args(ctx.policy, r, ctx.checkpoints, None),
+            ctx.lora if r.lora else None,
+            ctx.resume,
+            RestrainTrainer,
+            answers=answers,
+            restrain=r,
+        )
+        tokens = ref_tokens + grpo_generated_tokens(history, r.prompts_per_step * r.num_generations)
+        weights_summary = {"mean": float(np.mean(weights)), "min": float(np.min(weights))}
+        return Trained(model, history, tokens, {"prompt_weights": weights_summary})

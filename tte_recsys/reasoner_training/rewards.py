@@ -1,29 +1,40 @@
-"""Embedder-guided rewards (Embed-RL's outcome reward, a format reward) and GRPO group advantages.
+"""The reward of a trace: how much it lifts the item's positives in a ranking of the whole catalog,
+made the way retrieval makes it; a format reward; GRPO group advantages.
 
-Everything but :class:`EmbedderReward` is a pure function of tensors, tested against
-hand-computed values. Notation: ``sims`` (N, M) are a rollout's similarities to M candidates,
-``positive`` (N, M) marks its positives; ties go against the positive.
+Everything but :class:`CatalogReward` is a pure function, tested against hand-computed values.
 
-The outcome reward (``docs/notes/reasoner_training.md``)::
+**The catalog reward with its no-trace floor** (decided 2026-12-02, docs/design.md "Reasoner
+training"). For a rollout of item ``q`` with trace ``t``, its positives ``P_q`` (its partners in
+the train pairs; at held-out time, in the valid pairs) and the catalog ``C``::
 
-    r = Acc_k * (mean sim to the positives - E_tau[sim to the negatives])
+    u_t = fuse(v_q, m(t), w)          m(t): the unit vector of the trace's text (tte.fusion.trace_vectors)
+    u_0 = fuse(v_q, 0, w) = v_q       the item's own vector: the no-trace floor
+    rank_u(p) = 1 + |{c in C \\ {q, p} : u . v_c >= u . v_p}|        ties go against the positive
+    g(r) = 1 / log2(1 + r)                                          DCG's discount: 1 at rank 1
+    r(t) = 1/|P_q| sum_{p in P_q} [ g(rank_{u_t}(p)) - g(rank_{u_0}(p)) ]      reward.floor=signed
+    r(t) = max(0, r(t))                                                        reward.floor=clipped
 
-where ``E_tau`` weights each negative by softmax(sim / tau) over the negatives. ``Acc_k`` is the
-paper's all-or-nothing top-k (``accuracy=hard``: 1 if the best positive has fewer than k
-negatives at or above it) or the released code's soft fraction (``accuracy=soft``: the share of
-the positives inside the top ``n_pos`` candidates, times ``soft_scale``).
+So a trace earns reward only by ranking the positives better than the item's own vector does; a
+trace that changes nothing (an empty or unparseable one: ``m = 0``) earns exactly 0, and a trace
+that pushes the positives down is penalised (``signed``, the default: GRPO learns to avoid harm;
+expert iteration keeps ``r > 0`` either way). ``g`` has no cutoff: an untrained content tower
+ranks most positives beyond 50 (content-only recall@50 is about 0.05), where a cutoff would give
+no signal. Other positives of ``q`` count among the items ahead, as they do in recall@K.
 
-**Symmetric rollouts.** Targets are embedded the way evaluation embeds them: with their own
-traces. Each training pair contributes two prompts to a generation batch, the query item and the
-target item, each with G rollouts; a rollout's candidates are all rollouts of the other side's
-items in the batch, its positives the G rollouts of its partner (Embed-RL's symmetric reward, in
-UME-R1's shape: G positives per query). Nothing goes stale, and the targets' traces come from the
-policy being trained, as at evaluation.
+``fuse`` and ``trace_vectors`` are :mod:`tte_recsys.tte.fusion`'s, the functions every embedding
+job uses; ``w`` is ``reward.trace_weight`` (default: ``embedder.trace_weight``).
+
+**The catalog: plain vectors, computed once.** Candidates are the catalog items' own vectors
+(``w = 0``), embedded once at the start. Chosen over the start policy's traces fused (stale from
+the first update, and a catalog pass of generation before step 1: minutes to hours on a CPU) and
+over refreshing every N steps (a catalog pass every N steps): plain candidates are exactly what
+content-only retrieval scores with ``embedder.trace_side=trigger`` (the trace as a hypothesis of
+what comes next, as in HyDE), never go stale, and cost nothing during training; with
+``trace_side=both`` every candidate would turn by at most ``arcsin(w)`` (6 degrees at ``w = 0.1``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,89 +43,110 @@ import numpy as np
 import torch
 
 from tte_recsys import distributed
+from tte_recsys.reasoner_training.tasks import Side
 from tte_recsys.tte.embedder import Embedder
-from tte_recsys.tte.items import with_trace
+from tte_recsys.tte.fusion import TraceFusion, fuse, trace_vectors
 from tte_recsys.tte.reasoner.prompts import parse_trace
 
 __all__ = [
-    "EmbedderReward",
+    "FLOORS",
+    "CatalogReward",
     "FormatReward",
     "RewardSettings",
+    "catalog_ranks",
     "completion_text",
+    "dcg_gain",
+    "floor_rewards",
     "format_reward",
     "gather_batch",
     "group_advantages",
-    "outcome_rewards",
-    "symmetric_candidates",
 ]
+
+FLOORS = ("signed", "clipped")
 
 
 @dataclass(frozen=True)
 class RewardSettings:
-    """The EG-RL reward (``reward.*``).
+    """The reward (``reward.*``).
 
     Attributes:
-        k: top-k of the accuracy factor.
-        tau: temperature of the softmax over negatives (Embed-RL: 0.5).
-        accuracy: ``hard`` (the paper) or ``soft`` (the released code).
-        soft_scale: the released code's extra factor on the soft accuracy (0.5).
-        outcome_weight, format_weight: weights of the two rewards in the total (Embed-RL without a
-            judge: 0.8 / 0.05 in the released code; a missing process reward is not re-weighted).
+        trace_weight: ``w`` of the query's fusion; None: ``embedder.trace_weight``, the weight the
+            traces are scored with.
+        floor: ``signed`` (a trace that ranks the positives worse than no trace is penalised) or
+            ``clipped`` (``max(0, .)``: it earns 0, as one that changes nothing).
+        outcome_weight, format_weight: weights of the catalog reward and of the 0/1 format reward
+            (``<think> ... </think> summary``) in GRPO's total. The format reward is off by
+            default: the catalog reward's differences are a few hundredths, a 0.05 format bonus
+            would outweigh them, and the ``item_keywords`` prompt asks for no tags.
     """
 
-    k: int = 1
-    tau: float = 0.5
-    accuracy: str = "hard"
-    soft_scale: float = 0.5
-    outcome_weight: float = 0.8
-    format_weight: float = 0.05
+    trace_weight: float | None = None
+    floor: str = "signed"
+    outcome_weight: float = 1.0
+    format_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.accuracy not in ("hard", "soft"):
-            raise ValueError(f"reward.accuracy={self.accuracy!r}: expected 'hard' or 'soft'")
-        if self.k < 1 or not self.tau > 0:
-            raise ValueError(f"reward: k={self.k} must be >= 1 and tau={self.tau} > 0")
+        if self.floor not in FLOORS:
+            raise ValueError(f"reward.floor={self.floor!r}: expected one of {list(FLOORS)}")
+        if self.trace_weight is not None and not (np.isfinite(self.trace_weight) and self.trace_weight > 0):
+            raise ValueError(
+                f"reward.trace_weight={self.trace_weight}: expected a finite value > 0 (or null: embedder.trace_weight)"
+            )
 
 
-def outcome_rewards(
-    sims: torch.Tensor,
-    positive: torch.Tensor,
-    candidates: torch.Tensor | None = None,
-    k: int = 1,
-    tau: float = 0.5,
-    accuracy: str = "hard",
-    soft_scale: float = 0.5,
-) -> torch.Tensor:
-    """(N, M) similarities and (N, M) positive mask -> (N,) ``Acc_k * margin``. ``candidates``
-    (N, M) limits what a row ranks against (default: every column); the negatives are the
-    candidates that are not positives.
+def dcg_gain(ranks: np.ndarray) -> np.ndarray:
+    """``1 / log2(1 + rank)`` (rank 1 -> 1)."""
+    return 1.0 / np.log2(1.0 + np.asarray(ranks, dtype=np.float64))
+
+
+def catalog_ranks(sims: np.ndarray, positive: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Rank of every positive among the candidates, ties against it.
+
+    Args:
+        sims: (R, N) a rollout's query against every catalog item.
+        positive: (R, N) bool, its positives.
+        exclude: (R, N) bool, items that are no candidates (the query item itself).
+
+    Returns:
+        (R, N) float: ``1 + #{candidates c != p with sims[c] >= sims[p]}`` at the positives, NaN elsewhere.
+    """
+    cand = ~np.asarray(exclude, dtype=bool)  # (R, N)
+    rows, cols = np.nonzero(np.asarray(positive, dtype=bool) & cand)  # (K,), (K,)
+    s = np.asarray(sims, dtype=np.float64)
+    at = s[rows, cols]  # (K,) each positive's score
+    ahead = ((s[rows] >= at[:, None]) & cand[rows]).sum(1) - 1  # (K,) minus the positive itself
+    out = np.full(s.shape, np.nan)
+    out[rows, cols] = 1 + ahead
+    return out
+
+
+def floor_rewards(
+    with_trace: np.ndarray,
+    without: np.ndarray,
+    positive: np.ndarray,
+    exclude: np.ndarray,
+    floor: str = "signed",
+) -> np.ndarray:
+    """(R,) the reward of the module docstring: mean over a rollout's positives of the DCG gain
+    of its rank with the trace minus that without (``floor=clipped``: at least 0).
+
+    Args:
+        with_trace, without: (R, N) similarities of the query with its trace and without any.
+        positive, exclude: (R, N) bool (:func:`catalog_ranks`).
 
     Raises:
-        ValueError: a row without a positive or without a negative.
+        ValueError: a rollout without a positive among the candidates.
     """
-    cand = torch.ones_like(positive, dtype=torch.bool) if candidates is None else candidates.bool()
-    pos = positive.bool() & cand
-    neg = cand & ~pos
-    n_pos = pos.sum(1)  # (N,)
-    if bool((n_pos == 0).any()) or bool((neg.sum(1) == 0).any()):
-        raise ValueError("outcome reward: every rollout needs >= 1 positive and >= 1 negative candidate")
-    s = sims.float()
-    mean_pos = (s * pos).sum(1) / n_pos  # (N,)
-    w = torch.softmax((s / tau).masked_fill(~neg, -math.inf), dim=1)  # (N, M), 0 off the negatives
-    margin = mean_pos - (w * s.masked_fill(~neg, 0.0)).sum(1)  # (N,)
-    if accuracy == "hard":
-        best = s.masked_fill(~pos, -math.inf).max(1).values  # (N,)
-        ahead = ((s >= best[:, None]) & neg).sum(1)  # negatives at or above the best positive
-        acc = (ahead < k).float()
-    else:
-        # positive j is inside the top n_pos if fewer than n_pos candidates rank ahead of it
-        sj = s[:, None, :]  # (N, 1, M): the positive's sim along the last axis
-        sm = s[:, :, None]  # (N, M, 1): every candidate's sim
-        ahead_neg = ((sm >= sj) & neg[:, :, None]).sum(1)  # (N, M)
-        ahead_pos = ((sm > sj) & pos[:, :, None]).sum(1)  # (N, M)
-        inside = ((ahead_neg + ahead_pos) < n_pos[:, None]) & pos  # (N, M)
-        acc = soft_scale * inside.sum(1).float() / n_pos
-    return acc * margin
+    pos = np.asarray(positive, dtype=bool) & ~np.asarray(exclude, dtype=bool)  # (R, N)
+    n_pos = pos.sum(1)  # (R,)
+    if (n_pos == 0).any():
+        raise ValueError(
+            f"reward: rollout {int(np.flatnonzero(n_pos == 0)[0])} has no positive among the catalog"
+        )
+    gain_t = np.where(pos, dcg_gain(np.nan_to_num(catalog_ranks(with_trace, pos, exclude), nan=1.0)), 0.0)
+    gain_0 = np.where(pos, dcg_gain(np.nan_to_num(catalog_ranks(without, pos, exclude), nan=1.0)), 0.0)
+    r = (gain_t - gain_0).sum(1) / n_pos  # (R,)
+    return np.maximum(r, 0.0) if floor == "clipped" else r
 
 
 def format_reward(raw: str) -> float:
@@ -133,15 +165,6 @@ def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True) -> t
     if scale:
         adv = adv / (g.std(1, keepdim=True) + 1e-4)
     return adv.reshape(-1)
-
-
-def symmetric_candidates(pair: Sequence[int], side: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For rollouts labelled by pair and side (0 query, 1 target): (R, R) candidate mask (the
-    other side's rollouts) and positive mask (the other side's rollouts of the same pair)."""
-    p = torch.as_tensor(list(pair))
-    s = torch.as_tensor(list(side))
-    cand = s[:, None] != s[None, :]
-    return cand, cand & (p[:, None] == p[None, :])
 
 
 def gather_batch(local: list[Any]) -> tuple[list[Any], int]:
@@ -168,89 +191,130 @@ class FormatReward:
         return [format_reward(completion_text(c)) for c in completions]
 
 
-class EmbedderReward:
-    """TRL reward function of EG-RL: the frozen embedder scores each rollout's trace.
+class CatalogReward:
+    """The catalog reward of the module docstring, as a TRL reward function and for sampled traces.
 
-    Each rollout's text is ``with_trace(item text, parsed trace)``, what ``embed_items`` embeds;
-    the dataset columns ``text`` (the item's content), ``pair`` and ``side`` say what it is. Under
-    several processes the generation batch is gathered first (a pair's two sides can sit on two
-    ranks) and each rank returns its own slice.
+    Args:
+        embedder: the frozen embedder evaluation uses.
+        catalog: the candidates (ids unique); their plain vectors are embedded once, here.
+        fusion: the embedder's :class:`~tte_recsys.tte.fusion.TraceFusion`; ``fuse`` only (a
+            concatenated trace is another input of the embedder, not a fused vector).
+        settings: ``reward.*``; its ``trace_weight`` overrides ``fusion.weight``.
+        batch_size: of the embedder.
+
+    Raises:
+        ValueError: ``concat`` fusion, an empty catalog, a repeated id, or a multi-head embedder.
     """
 
     __name__ = "outcome"
 
-    def __init__(self, embedder: Embedder, settings: RewardSettings, batch_size: int = 64) -> None:
-        self.embedder, self.settings, self.batch_size = embedder, settings, batch_size
-
-    def embed(self, texts: Sequence[str], raws: Sequence[str]) -> np.ndarray:
-        """(R, D) unit vectors of each item text with its rollout's trace."""
-        inputs = [with_trace(t, parse_trace(r).text or None) for t, r in zip(texts, raws, strict=True)]
-        return self.embedder.encode(inputs, batch_size=self.batch_size).reshape(len(inputs), -1)
-
-    def rewards(
+    def __init__(
         self,
-        texts: Sequence[str],
-        raws: Sequence[str],
-        pair: Sequence[int],
-        side: Sequence[int],
-        ids: Sequence[str],
-    ) -> list[float]:
-        """Outcome rewards of a whole generation batch; a NaN or infinite one names its item."""
-        emb = torch.from_numpy(self.embed(texts, raws))  # (R, D)
-        broken = ~torch.isfinite(emb).all(1)
-        if bool(broken.any()):
-            i = int(torch.nonzero(broken)[0])
-            raise FloatingPointError(
-                f"EG-RL reward of item {ids[i]!r} is not finite: its trace-conditioned embedding holds NaN or inf"
+        embedder: Embedder,
+        catalog: Sequence[Side],
+        fusion: TraceFusion,
+        settings: RewardSettings,
+        batch_size: int = 64,
+    ) -> None:
+        if fusion.mode != "fuse":
+            raise ValueError(
+                f"embedder.traces={fusion.mode!r}: the reward scores fused vectors (tte.fusion.fuse); "
+                "set embedder.traces=fuse"
             )
-        cand, pos = symmetric_candidates(pair, side)
-        s = self.settings
-        r = outcome_rewards(emb @ emb.T, pos, cand, s.k, s.tau, s.accuracy, s.soft_scale)
-        bad = ~torch.isfinite(r)
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0])
-            raise FloatingPointError(f"EG-RL reward of item {ids[i]!r} is {float(r[i])} (not finite)")
-        return r.tolist()
+        ids = [x.id for x in catalog]
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(
+                f"reward: the catalog has {len(ids)} items, {len(ids) - len(set(ids))} repeated ids"
+            )
+        self.embedder, self.settings, self.batch_size = embedder, settings, batch_size
+        self.weight = fusion.weight if settings.trace_weight is None else settings.trace_weight
+        self.ids = ids
+        self.code = {i: c for c, i in enumerate(ids)}
+        self.vectors = self._plain(catalog)  # (N, D) the candidates, unit vectors
 
-    def score_samples(self, sides: Sequence[Any], traces: Sequence[Sequence[str]], per: int) -> np.ndarray:
-        """Rewards of sampled traces outside training: ``sides`` is ``[query 0, target 0, query 1,
-        ...]`` (objects with ``id`` and ``text``), ``traces`` n traces for each; scored in batches of
-        ``per`` pairs as in training. Returns (len(sides), n); a tail of fewer than 2 pairs is NaN."""
-        n = len(traces[0]) if traces else 0
-        out = np.full((len(sides), n), np.nan)
-        pairs = len(sides) // 2
-        for start in range(0, pairs, per):
-            end = min(pairs, start + per)
-            if end - start < 2:
-                break
-            texts: list[str] = []
-            raws: list[str] = []
-            pair: list[int] = []
-            side: list[int] = []
-            ids: list[str] = []
-            for row in range(2 * start, 2 * end):
-                for t in traces[row]:
-                    texts.append(sides[row].text)
-                    raws.append(t)
-                    pair.append(row // 2)
-                    side.append(row % 2)
-                    ids.append(sides[row].id)
-            r = self.rewards(texts, raws, pair, side, ids)
-            out[2 * start : 2 * end] = np.asarray(r).reshape(-1, n)
+    def _plain(self, sides: Sequence[Side]) -> np.ndarray:
+        """(n, D) the items' own vectors, as the embedding job makes them (text and image)."""
+        images = [x.image for x in sides]
+        kw: dict[str, Any] = {"images": images} if any(im is not None for im in images) else {}
+        v = np.asarray(self.embedder.encode([x.text for x in sides], batch_size=self.batch_size, **kw))
+        if v.ndim != 2:
+            raise ValueError("reward: a multi-head (meta-query) embedder is not fused per head; use one head")
+        return v.astype(np.float32)
+
+    def query_vectors(self, sides: Sequence[Side], raws: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(R, D) each rollout's query with its trace, and (R, D) the same item's without one."""
+        known = [x.id in self.code for x in sides]
+        plain = np.zeros((len(sides), self.vectors.shape[1]), dtype=np.float32)  # (R, D)
+        plain[known] = self.vectors[[self.code[x.id] for x, k in zip(sides, known, strict=True) if k]]
+        if not all(known):  # queries outside the catalog (task=table): their own vectors
+            plain[~np.asarray(known)] = self._plain([x for x, k in zip(sides, known, strict=True) if not k])
+        texts = [parse_trace(r).text for r in raws]
+        m = trace_vectors(self.embedder, [[t] if t else [] for t in texts], self.batch_size)  # (R, D)
+        return fuse(plain, m, self.weight), fuse(plain, np.zeros_like(m), self.weight)
+
+    def _exclude(self, sides: Sequence[Side]) -> np.ndarray:
+        out = np.zeros((len(sides), len(self.ids)), dtype=bool)  # (R, N)
+        for r, x in enumerate(sides):
+            if x.id in self.code:
+                out[r, self.code[x.id]] = True
         return out
+
+    def score(
+        self, sides: Sequence[Side], raws: Sequence[str], positives: Sequence[Sequence[str]], chunk: int = 256
+    ) -> np.ndarray:
+        """(R,) rewards of rollouts: ``sides[i]`` wrote ``raws[i]``, its positives are ``positives[i]``
+        (catalog ids). A NaN or infinite one names its item."""
+        out = np.empty(len(sides))
+        for s in range(0, len(sides), chunk):
+            part = list(sides[s : s + chunk])
+            u_t, u_0 = self.query_vectors(part, raws[s : s + chunk])
+            pos = np.zeros((len(part), len(self.ids)), dtype=bool)  # (r, N)
+            for r, ps in enumerate(positives[s : s + chunk]):
+                missing = [p for p in ps if p not in self.code]
+                if missing:
+                    raise ValueError(
+                        f"reward: positive(s) {missing} of item {part[r].id!r} are not in the catalog"
+                    )
+                pos[r, [self.code[p] for p in ps]] = True
+            bad = ~np.isfinite(u_t).all(1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise FloatingPointError(
+                    f"reward of item {part[i].id!r} is not finite: its trace-conditioned vector holds NaN or inf"
+                )
+            out[s : s + len(part)] = floor_rewards(
+                u_t @ self.vectors.T, u_0 @ self.vectors.T, pos, self._exclude(part), self.settings.floor
+            )
+        return out
+
+    def score_samples(
+        self, sides: Sequence[Side], traces: Sequence[Sequence[str]], positives: Sequence[Sequence[str]]
+    ) -> np.ndarray:
+        """(S, n): the reward of each of the n sampled traces of each side."""
+        n = len(traces[0]) if traces else 0
+        if any(len(t) != n for t in traces):
+            raise ValueError("reward: every side needs the same number of sampled traces")
+        flat = [x for x, ts in zip(sides, traces, strict=True) for _ in ts]
+        pos = [p for p, ts in zip(positives, traces, strict=True) for _ in ts]
+        return self.score(flat, [t for ts in traces for t in ts], pos).reshape(len(sides), n)
+
+    def top1(self, sides: Sequence[Side], raws: Sequence[str]) -> list[str]:
+        """The catalog id each rollout's trace-conditioned query retrieves first (its own item excluded)."""
+        u_t, _ = self.query_vectors(sides, raws)
+        s = u_t @ self.vectors.T  # (R, N)
+        s[self._exclude(sides)] = -np.inf
+        return [self.ids[int(j)] for j in s.argmax(1)]
 
     def __call__(
         self,
         prompts: list[Any],
         completions: list[Any],
-        text: list[str],
-        pair: list[int],
-        side: list[int],
         item_id: list[str],
+        text: list[str],
+        positives: list[list[str]],
+        image_path: list[str | None] | None = None,
         **_: Any,
     ) -> list[float]:
-        raws = [completion_text(c) for c in completions]
-        local = list(zip(text, raws, pair, side, item_id, strict=True))
-        rows, start = gather_batch(local)
-        r = self.rewards(*(list(c) for c in zip(*rows, strict=True)))
-        return r[start : start + len(local)]
+        images = image_path if image_path is not None else [None] * len(item_id)
+        sides = [Side(i, t, im) for i, t, im in zip(item_id, text, images, strict=True)]
+        return self.score(sides, [completion_text(c) for c in completions], positives).tolist()

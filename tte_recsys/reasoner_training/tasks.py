@@ -1,16 +1,18 @@
 """What a reasoner is trained on: (query, positive target) pairs, and queries without labels.
 
 * I2I (the default): query = a trigger item, positive = an item co-engaged with it in the
-  **train** pairs of the split (never valid or test). :func:`distinct_batches` orders the pairs so
-  that every batch of ``pairs_per_batch`` holds distinct items (in-batch negatives are other items).
+  **train** pairs of the split (never valid or test).
 * MMEB-style: (query, target) rows of a local parquet table (:func:`table_pairs`).
 * Label-free (RESTRAIN): items alone (:func:`unlabeled_queries`).
+
+The catalog reward scores an item's trace by its positives (:func:`item_positives`: every partner
+of the item in the pairs); :class:`TaskData` is what a run trains and measures on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,17 @@ import polars as pl
 
 from tte_recsys.tte.items import ItemInput
 
-__all__ = ["Side", "TrainingPair", "distinct_batches", "i2i_pairs", "table_pairs", "unlabeled_queries"]
+__all__ = [
+    "ItemPositives",
+    "Side",
+    "TaskData",
+    "TrainingPair",
+    "i2i_pairs",
+    "item_positives",
+    "item_side",
+    "table_pairs",
+    "unlabeled_queries",
+]
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,52 @@ class TrainingPair:
     target: Side | None
 
 
-def _side(item: ItemInput) -> Side:
+@dataclass(frozen=True)
+class ItemPositives:
+    """An item to write a trace for, and the catalog ids its trace should rank high."""
+
+    side: Side
+    positives: tuple[str, ...]
+
+
+@dataclass
+class TaskData:
+    """What a run trains and measures on.
+
+    Attributes:
+        catalog: the items the catalog reward ranks (and RESTRAIN's answers come from).
+        pairs: the training pairs.
+        heldout: pairs never trained on (valid), for the held-out reward.
+        items: the catalog's :class:`ItemInput` by id, where the sides were rendered from one (a
+            dataset or the toy task; a pair table has none): a teacher's traces are generated and
+            cached from these, as the catalog's are.
+    """
+
+    catalog: list[Side]
+    pairs: list[TrainingPair]
+    heldout: list[TrainingPair]
+    items: dict[str, ItemInput] = field(default_factory=dict)
+
+
+def item_side(item: ItemInput) -> Side:
+    """The side of a catalog item: its id, its rendered fields, its image."""
     return Side(item.item_id, item.text, item.image_path)
+
+
+def item_positives(pairs: Sequence[TrainingPair], catalog_ids: Collection[str]) -> list[ItemPositives]:
+    """Every item of ``pairs`` with the catalog ids of its partners there (in first-seen order):
+    a pair's query gets its target, and its target its query where the query is a catalog item
+    (co-engagement runs both ways; a pair table's queries are not in the catalog)."""
+    sides: dict[str, Side] = {}
+    partners: dict[str, dict[str, None]] = {}
+    for p in pairs:
+        if p.target is None:
+            continue
+        for a, b in ((p.query, p.target), (p.target, p.query)):
+            if b.id in catalog_ids and a.id != b.id:
+                sides.setdefault(a.id, a)
+                partners.setdefault(a.id, {})[b.id] = None
+    return [ItemPositives(sides[i], tuple(ps)) for i, ps in partners.items()]
 
 
 def i2i_pairs(
@@ -72,7 +128,7 @@ def i2i_pairs(
     out = []
     for j, f in zip(pick, flip, strict=True):
         q, t = (dst[j], src[j]) if f else (src[j], dst[j])
-        out.append(TrainingPair(_side(items[q]), _side(items[t])))
+        out.append(TrainingPair(item_side(items[q]), item_side(items[t])))
     return out
 
 
@@ -113,33 +169,3 @@ def unlabeled_queries(catalog: Sequence[Side], max_queries: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(usable), size=min(max_queries, len(usable)), replace=False)
     return [TrainingPair(usable[int(i)], None) for i in pick]
-
-
-def distinct_batches(
-    pairs: Sequence[TrainingPair], pairs_per_batch: int, epochs: int = 1, seed: int = 0
-) -> list[TrainingPair]:
-    """``epochs`` shuffled passes over ``pairs``, ordered so that each consecutive block of
-    ``pairs_per_batch`` pairs mentions every item id at most once (a pair that would repeat an
-    item waits for a later block; the last block of a pass may be short and is dropped)."""
-    if pairs_per_batch < 1:
-        raise ValueError(f"pairs_per_batch={pairs_per_batch}: expected >= 1")
-    rng = np.random.default_rng(seed)
-    out: list[TrainingPair] = []
-    for _ in range(epochs):
-        waiting = [pairs[int(i)] for i in rng.permutation(len(pairs))]
-        while len(waiting) >= pairs_per_batch:
-            block: list[TrainingPair] = []
-            seen: set[str] = set()
-            rest = []
-            for p in waiting:
-                ids = {p.query.id} | ({p.target.id} if p.target is not None else set())
-                if len(block) < pairs_per_batch and not ids & seen:
-                    block.append(p)
-                    seen |= ids
-                else:
-                    rest.append(p)
-            if len(block) < pairs_per_batch:
-                break
-            out.extend(block)
-            waiting = rest
-    return out

@@ -3,9 +3,11 @@
 Used by the learning tests and ``debug=tiny``: it builds, offline and in about a second, a
 catalog whose items pair up within a category, a tiny random chat reasoner and a tiny random
 embedder that share a word-level vocabulary of a few dozen tokens (so a random policy writes a
-category word often enough for RL to find it). An item's text names its category once; a trace
-that repeats it pulls the item's embedding towards its category's items, one that names another
-category pushes it away.
+category word often enough for RL to find it). An item's title is two product words of its own
+and its category word, which the embedder weighs little: on the title alone an item's partners
+rank about 7th of 15. A trace that repeats the category word lifts them (catalog reward about
++0.15 at ``w = 1``, the toy's fusion weight), one that names another category pushes them down
+(about -0.1), another item's product words do little.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tte_recsys.reasoner_training.tasks import Side, TrainingPair
+from tte_recsys.reasoner_training.tasks import Side, TrainingPair, item_side
+from tte_recsys.tte.items import ItemInput
+from tte_recsys.tte.reasoner.prompts import PromptTemplate
 from tte_recsys.tte.tiny import CHAT_TEMPLATE
 
-__all__ = ["CATEGORIES", "ToyTask", "build_toy_models", "toy_task"]
+__all__ = ["CATEGORIES", "TOY_PROMPT", "TOY_WEIGHT", "ToyTask", "build_toy_models", "toy_task"]
 
 CATEGORIES = ["red", "blue", "green", "gold"]
 _FILLER = [
@@ -58,9 +62,15 @@ _FILLER = [
     "note",
     "pin",
     "plug",
-]  # two per item, never shared: only category words pull items together
+]  # two per item, never shared
+_CATEGORY_DIMS = 8  # the embedder's dimensions that hold the category words
+_CATEGORY_SCALE = 0.35  # the embedder's final norm weight there: a category word counts 0.35 of a word
 _WORDS = ["system", "user", "assistant", "item", "title:", "reasoning:", "<think>", "</think>"]
 _SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
+TOY_WEIGHT = 1.0  # the fusion weight w of the toy's embedder (train_reasoner's toy and the learning tests)
+# The learning tests' prompt: the item alone. In item_card's 40-token prompt the tiny reasoner
+# learns to read the title's words several times slower (a CPU test's budget); debug=tiny uses cfg.prompt.
+TOY_PROMPT = PromptTemplate("toy", "v1", "", "{content}")
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
@@ -76,7 +86,12 @@ def _tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _llama(
-    tok: PreTrainedTokenizerFast, out: Path, hidden: int, seed: int, bag_of_words: bool = False
+    tok: PreTrainedTokenizerFast,
+    out: Path,
+    hidden: int,
+    seed: int,
+    bag_of_words: bool = False,
+    category_scale: float = 1.0,
 ) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -94,17 +109,26 @@ def _llama(
     )
     model = LlamaForCausalLM(cfg)
     if bag_of_words:
-        # The embedder: its blocks add nothing (zero output projections), so mean pooling is the
-        # mean of the token embeddings; category words weigh 3x, template words (chat roles,
-        # title:, tags) are zero. Cosine ~ shared content words, by construction.
+        # The embedder: its blocks add nothing (zero output projections) and the final RMSNorm
+        # scales every token to one norm, so mean pooling is the mean of the content words'
+        # directions; template words (chat roles, title:, tags) are zero. Category words live in
+        # their own dimensions, which the final norm scales down: a title says little about its
+        # category, a trace of the category word alone says it fully (a trace is embedded alone
+        # and normalised). Cosine ~ shared content words, by construction.
         with torch.no_grad():
             for layer in model.model.layers:
                 layer.self_attn.o_proj.weight.zero_()
                 layer.mlp.down_proj.weight.zero_()
             emb = model.model.embed_tokens.weight
             emb.normal_(0.0, 1.0)
-            for w in CATEGORIES:
-                emb[tok.convert_tokens_to_ids(w)] *= 3.0
+            k = _CATEGORY_DIMS
+            cat_ids = [tok.convert_tokens_to_ids(w) for w in CATEGORIES]
+            for i in range(emb.shape[0]):
+                if i in cat_ids:
+                    emb[i, k:] = 0.0
+                else:
+                    emb[i, :k] = 0.0
+            model.model.norm.weight[:k] = category_scale
             for w in _SPECIALS + _WORDS:  # template words carry no content: zero, so they change no cosine
                 emb[tok.convert_tokens_to_ids(w)] = 0.0
     model.save_pretrained(out)
@@ -115,13 +139,18 @@ def _llama(
     return out
 
 
-def build_toy_models(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def build_toy_models(
+    root: str | Path, seed: int = 0, category_scale: float = _CATEGORY_SCALE
+) -> tuple[Path, Path]:
     """(reasoner folder, embedder folder) under ``root``: tiny Llama models (SmolLM2's family) on
-    the toy vocabulary; the reasoner is random, the embedder a bag of words by construction."""
+    the toy vocabulary; the reasoner is random (64 wide: at 32 it learned to copy a word of its
+    prompt several times slower), the embedder a bag of words by construction, counting a
+    category word ``category_scale`` of a product word (1: a title says its category as loudly
+    as its product words)."""
     r = Path(root)
     tok = _tokenizer()
-    return _llama(tok, r / "toy-reasoner", 32, seed), _llama(
-        tok, r / "toy-embedder", 64, seed + 1, bag_of_words=True
+    return _llama(tok, r / "toy-reasoner", 64, seed), _llama(
+        tok, r / "toy-embedder", 64, seed + 1, bag_of_words=True, category_scale=category_scale
     )
 
 
@@ -136,13 +165,17 @@ class ToyTask:
         rows = []
         for i in range(n_items):
             cat = CATEGORIES[i % len(CATEGORIES)]
-            a, b = words[2 * i], words[2 * i + 1]
-            rows.append({"item_id": f"toy{i}", "title": f"{a} {b} {cat}", "category": cat})
+            a, b = 2 * i, 2 * i + 1
+            rows.append({"item_id": f"toy{i}", "title": f"{words[a]} {words[b]} {cat}", "category": cat})
         self.items = pl.DataFrame(rows)
 
-    def side(self, i: int) -> Side:
+    def item(self, i: int) -> ItemInput:
+        """Item ``i`` as the catalog holds it (its title field)."""
         row = self.items.row(i, named=True)
-        return Side(row["item_id"], f"title: {row['title']}")
+        return ItemInput(row["item_id"], {"title": row["title"]})
+
+    def side(self, i: int) -> Side:
+        return item_side(self.item(i))
 
     def pairs(self, n: int, seed: int) -> list[TrainingPair]:
         """``n`` (item, another item of its category) pairs, at random."""

@@ -1,5 +1,6 @@
-"""TTE_u: freeze a (trained) reasoner, train the embedding head of ``tte/unified.py`` on its
-states with the same pairs, each item embedded with the frozen reasoner's greedy trace."""
+"""TTE_u (``method=unified_head``): freeze a (trained) reasoner, train the embedding head of
+``tte/unified.py`` on its states with the same pairs, each item embedded with the frozen
+reasoner's greedy trace (the backbone reads item and trace as one input: that is TTE_u's)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ import torch
 from safetensors.torch import save_file
 
 from tte_recsys.artifacts import atomic_path, write_manifest
+from tte_recsys.reasoner_training.methods import MethodResult, ReasonerMethod, RunContext
 from tte_recsys.reasoner_training.policy import PolicySettings, sample
-from tte_recsys.reasoner_training.tasks import TrainingPair
+from tte_recsys.reasoner_training.tasks import TaskData, TrainingPair
 from tte_recsys.tte.items import with_trace
 from tte_recsys.tte.reasoner.prompts import PromptTemplate, parse_trace
 from tte_recsys.tte.unified import LayerHead, UnifiedTTE, train_head
 
-__all__ = ["UnifiedSettings", "pair_recall_at_1", "train_unified"]
+__all__ = ["UnifiedHead", "UnifiedSettings", "pair_recall_at_1", "train_unified"]
 
 
 @dataclass(frozen=True)
 class UnifiedSettings:
-    """``unified.*``: the frozen reasoner (``reasoner_path``: a train_reasoner export; null: the
-    policy) and the head (copied last ``layers``, InfoNCE ``steps``, ``lr``, ``batch_size``, ``temperature``)."""
+    """``method=unified_head``: the frozen reasoner (``reasoner_path``: a train_reasoner export;
+    null: ``policy_path``) and the head (copied last ``layers``, InfoNCE ``steps``, ``lr``,
+    ``batch_size``, ``temperature``)."""
 
     reasoner_path: str | None = None
     layers: int = 1
@@ -31,6 +34,19 @@ class UnifiedSettings:
     lr: float = 1e-3
     batch_size: int = 16
     temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if (
+            self.layers < 1
+            or self.steps < 1
+            or self.batch_size < 2
+            or not self.lr > 0
+            or not self.temperature > 0
+        ):
+            raise ValueError(
+                f"method: layers={self.layers}, steps={self.steps} >= 1, batch_size={self.batch_size} >= 2, "
+                f"lr={self.lr} and temperature={self.temperature} > 0 expected"
+            )
 
 
 @torch.no_grad()
@@ -53,7 +69,7 @@ def _texts(
 def train_unified(
     model: Any,
     tok: Any,
-    data: Any,
+    data: TaskData,
     template: PromptTemplate,
     s: PolicySettings,
     u: UnifiedSettings,
@@ -77,3 +93,20 @@ def train_unified(
         "loss_first": losses[0],
         "loss_last": losses[-1],
     }
+
+
+class UnifiedHead(ReasonerMethod):
+    """Trains an embedding head on a frozen reasoner; it reports its own held-out recall@1 (no
+    held-out reward, no reasoner export: ``export/head.safetensors``)."""
+
+    name = "unified_head"
+    settings_type = UnifiedSettings
+    settings: UnifiedSettings
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        path = self.settings.reasoner_path or ctx.policy_path
+        model, tok = ctx.load(path)
+        report = train_unified(
+            model, tok, ctx.data, ctx.template, ctx.policy, self.settings, ctx.out / "export"
+        )
+        return MethodResult(path, {"unified": report})
