@@ -35,6 +35,7 @@ from tte_recsys.config import LabelConfig, PairConfig
 from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import (
+    EvalSet,
     TemporalSplit,
     item_age_days,
     popularity_basis,
@@ -207,7 +208,7 @@ def _trace_choice(
     cfg: DictConfig,
     out: Path,
     ds: Dataset,
-    valid: Any,
+    valid: EvalSet,
     labeler: RelevanceLabeler,
     folder: str | None,
     traces: Callable[[], str | None],
@@ -260,22 +261,19 @@ def _content_tower(
         return None, spec
     if mode == "frozen":
         assert folder is not None, "frozen content needs its vectors folder"
-        vectors = load_vectors(folder)
-        table = vectors.aligned(ds.items["item_id"].to_list())
-        if choice is not None:
-            table = choice.tower_table(run_cfg.model.trace_input)
+        if choice is not None:  # the folder's vectors as _trace_choice read them, with the traces'
+            plain, table = choice.plain, choice.tower_table(run_cfg.model.trace_input)
+            source = f"{folder} + trace vectors ({'input' if run_cfg.model.trace_input else 'fused'})"
+        else:
+            vectors = load_vectors(folder)
+            plain = table = vectors.aligned(ds.items["item_id"].to_list())
+            source = f"{folder} ({vectors.model_id}, traces {vectors.trace_version})"
         want = run_cfg.model.content_dim
-        if want is not None and table.shape[1] // (2 if run_cfg.model.trace_input else 1) != want:
+        if want is not None and plain.shape[1] != want:
             raise ValueError(
-                f"model.content_dim={want} but the content vectors in {folder} have dim {table.shape[1]}"
+                f"model.content_dim={want} but the content vectors in {folder} have dim {plain.shape[1]}"
             )
-        log.info(
-            "frozen content: %s (%s, traces %s), dim %d",
-            folder,
-            vectors.model_id,
-            vectors.trace_version,
-            table.shape[1],
-        )
+        log.info("frozen content: %s, dim %d", source, table.shape[1])
         return build_content_tower(spec, table=torch.from_numpy(table)), spec
     items = item_inputs(ds, list(cfg.data.content_fields))
     traces_dir = traces()
@@ -522,8 +520,9 @@ def score(
     bias = prior_bias(run.ds, run.split, choice.pop, choice.age)
     ref_cfgs = {name: ref.model_cfg for name, ref in refs.items()}
     vecs = {"mtmh": best.vecs, **{name: ref.variants[choice.shrink].vecs for name, ref in refs.items()}}
+    rows, test = _rows(run, vecs, ref_cfgs, choice, bias), run.split.test
     methods, selection = evaluate_baselines(
-        run.split, run.labeler, run.ds.num_users, run.cfg.eval, extra=_rows(run, vecs, ref_cfgs, choice, bias)
+        run.split, run.labeler, run.ds.num_users, run.cfg.eval, extra=rows
     )
     test_curve = quota_sweep(run, best.vecs, run.split.test, bias)
     chosen = (choice.lam, choice.shrink, choice.pop, choice.age)
@@ -533,21 +532,19 @@ def score(
         if (c["lam"], c["id_prior_shrink"], c["pop_prior"], c["age_prior"]) == chosen
     ]
     scores = Scores(methods, selection, test_curve, valid_curve)
-    rows = _rows(run, vecs, ref_cfgs, choice, bias)
-    test = run.split.test
-    if refit_run is not None:
+    if refit_run is not None:  # the headline view: its rows are the ones the intervals compare
         rvecs = {name: t.variants[choice.shrink].vecs for name, t in refit_run.models.items()}
         lam = float(selection["ease"]["lambda"])  # type: ignore[index]
+        rows, test = _rows(run, rvecs, ref_cfgs, choice, refit_run.bias), refit_run.split.test
         scores.methods_refit, _ = evaluate_baselines(
             refit_run.split,
             run.labeler,
             run.ds.num_users,
             run.cfg.eval,
-            extra=_rows(run, rvecs, ref_cfgs, choice, refit_run.bias),
+            extra=rows,
             ease_lambda=lam,
         )
         scores.test_curve_refit = quota_sweep(run, rvecs["mtmh"], refit_run.split.test, refit_run.bias)
-        rows, test = _rows(run, rvecs, ref_cfgs, choice, refit_run.bias), refit_run.split.test
     if run.traces is not None:  # the headline view's rows
         pairs = [("content", "content:no traces"), (mtmh_row(choice), NO_TRACES)]
         scores.trace_intervals = paired_intervals(
