@@ -61,7 +61,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     intervals = None
     if against := cfg.get("intervals_against"):  # each added row against one of them, on test
         if against not in extra:
-            raise ValueError(f"intervals_against={against!r}: expected one of the added rows {sorted(extra)}")
+            raise ValueError(
+                f"intervals_against={against!r}: expected one of the added rows {sorted(extra)} "
+                "(add rows with +content_dirs.<name>=<embed_items folder> or bundle_dir=<bundle>)"
+            )
         pairs = [(name, str(against)) for name in extra if name != against]
         intervals = paired_intervals(extra, pairs, split.test, eval_cfg.select_k, eval_cfg.batch_size)
     report = {

@@ -468,6 +468,25 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
         lambda c: ["debug=tiny", "model.content=trainable", *_unreachable_embedder()],
         r"error: model\.content=trainable trains the embedder inside the model, .* is served over HTTP",
     ),
+    # --- traces in the vectors
+    (
+        "trace input without traces",
+        "pipelines.train_i2i",
+        lambda c: ["debug=tiny", "model.trace_input=true"],
+        r"error: model\.trace_input=true needs traces \(a reasoner, .* or traces_dir=",
+    ),
+    (
+        "trace weight not a number",
+        "pipelines.embed_items",
+        lambda c: ["debug=tiny", "embedder.trace_weight=abc"],
+        r"error: embedder\.trace_weight='abc': expected a number >= 0",
+    ),
+    (
+        "intervals against a row that is not there",
+        "pipelines.evaluate",
+        lambda c: ["debug=tiny", "intervals_against=content:nope"],
+        r"error: intervals_against='content:nope': expected one of the added rows \[\] \(add rows with \+content_dirs",
+    ),
     # --- reasoner training
     (
         "fewer than two generations",

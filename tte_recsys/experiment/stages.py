@@ -104,9 +104,12 @@ def embed_items(cfg: DictConfig, out: Path, what: str = "items") -> dict[str, An
 def trace_fusion(e: Any) -> TraceFusion:
     """An ``embedder`` section's :class:`TraceFusion` (``traces``, ``trace_weight``, ``trace_side``)."""
     d = TraceFusion()
-    return TraceFusion(
-        str(e.get("traces", d.mode)), float(e.get("trace_weight", d.weight)), str(e.get("trace_side", d.side))
-    )
+    weight = e.get("trace_weight", d.weight)
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"embedder.trace_weight={weight!r}: expected a number >= 0") from None
+    return TraceFusion(str(e.get("traces", d.mode)), weight, str(e.get("trace_side", d.side)))
 
 
 def _written_dim(out: Path) -> int:
