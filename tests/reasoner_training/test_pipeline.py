@@ -24,6 +24,7 @@ from tte_recsys.reasoner_training.grpo import GrpoSettings
 from tte_recsys.reasoner_training.policy import PolicySettings
 from tte_recsys.reasoner_training.rewards import CatalogReward, RewardSettings
 from tte_recsys.reasoner_training.tasks import Side, i2i_pairs, table_pairs
+from tte_recsys.reasoner_training.toy import build_toy_models
 from tte_recsys.tte.fusion import TraceFusion
 from tte_recsys.tte.items import ItemInput
 
@@ -182,8 +183,14 @@ def test_bad_input_is_refused_before_training(tmp_path: Path) -> None:
 
 
 def test_missing_model_folders_are_named(tmp_path: Path) -> None:
+    policy, _ = build_toy_models(tmp_path / "toy")  # a policy that exists (make smollm2 may not have run)
     p = train_reasoner(
-        tmp_path / "e", "toy=false", "data=amazon_office", f"embedder.model_path={tmp_path}/nope", check=False
+        tmp_path / "e",
+        "toy=false",
+        "data=amazon_office",
+        f"policy_path={policy}",
+        f"embedder.model_path={tmp_path}/nope",
+        check=False,
     )
     assert p.returncode != 0 and f"{tmp_path}/nope" in p.stderr
     p = train_reasoner(
