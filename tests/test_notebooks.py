@@ -109,13 +109,21 @@ def test_tte_traces_notebook(compose_cfg: Callable[..., DictConfig], tmp_path: P
             "trace": [f"<think>who buys {i}</think> desk supplies, paper" for i in ids[::2]],
         }
     ).write_parquet(traces)
-    file_cfg = compose_cfg("train_reasoner", [*base, f"output_dir={tmp_path / 'file'}"])
-    with open_dict(file_cfg):
-        file_cfg.score_reasoner = OmegaConf.create(
-            {"_target_": "tte_recsys.tte.reasoner.backends.FileReasoner", "path": str(traces)}
+    reports = {}
+    for label, how in (("file", "concat"), ("fused", "fuse")):  # fused: (w, side) chosen on valid
+        cfg = compose_cfg(
+            "train_reasoner", [*base, f"embedder.traces={how}", f"output_dir={tmp_path / label}"]
         )
-    report = train_reasoner.run(file_cfg)
-    runs = f"none={tmp_path / 'none'};file={tmp_path / 'file'}"
+        with open_dict(cfg):
+            cfg.score_reasoner = OmegaConf.create(
+                {"_target_": "tte_recsys.tte.reasoner.backends.FileReasoner", "path": str(traces)}
+            )
+        reports[label] = train_reasoner.run(cfg)
+    chosen = reports["fused"]["retrieval"]["traces"]
+    assert len(chosen["valid_points"]) == 1 + 4 * 2  # w = 0 once, 4 weights x 2 sides
+    best = max(p["recall@10"] for p in chosen["valid_points"])  # debug=tiny: select_k 10
+    assert reports["fused"]["retrieval"]["valid"]["recall@10"] == pytest.approx(best)
+    runs = ";".join(f"{r}={tmp_path / r}" for r in ("none", "file", "fused"))
     ns = run_notebook(
         ROOT / "notebooks" / "tte_traces.ipynb",
         {"TTE_TRACE_RUNS": runs, "TTE_TRACE_K": "10", "HF_HUB_OFFLINE": "1"},
@@ -128,11 +136,13 @@ def test_tte_traces_notebook(compose_cfg: Callable[..., DictConfig], tmp_path: P
     )
     by_run = {r["run"]: r for r in ns["summary"]}
     assert (
-        set(by_run) == {"none", "file"}
+        set(by_run) == {"none", "file", "fused"}
         and by_run["none"]["with a trace"] == 0
         and by_run["file"]["with a trace"] > 0
     )
-    assert by_run["file"]["recall@10"] == pytest.approx(report["retrieval"]["test"]["recall@10"])
+    for label in ("file", "fused"):  # the notebook retrieves as the run scored (fused as chosen)
+        want = reports[label]["retrieval"]["test"]["recall@10"]
+        assert by_run[label]["recall@10"] == pytest.approx(want)
     f = by_run["file"]
     assert f["helped"] + f["hurt"] + f["unchanged"] <= ns["n"] and f["helped"] + f["hurt"] > 0
     assert ns["helped"] == min(5, f["helped"]) and ns["hurt"] == min(5, f["hurt"])

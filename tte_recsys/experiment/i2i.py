@@ -53,7 +53,7 @@ from tte_recsys.experiment.stages import (
     trace_fusion,
     uses_reasoner,
 )
-from tte_recsys.experiment.trace_choice import TraceChoice, choose_fusion
+from tte_recsys.experiment.trace_choice import TraceChoice, choose_with_traces
 from tte_recsys.experiment.trainer import TrainContext, Trained, VariantTrainer
 from tte_recsys.losses.mtmh import LossConfig
 from tte_recsys.models.content import ContentSpec, ContentTower, FrozenContent, build_content_tower
@@ -217,17 +217,21 @@ def _trace_choice(
     beside the plain ones in ``folder``, and the fusion chosen on valid (:mod:`.trace_choice`)."""
     if folder is None or trace_fusion(cfg.embedder).mode != "fuse" or (traces_dir := traces()) is None:
         return None
-    tv_folder = out / "trace_vectors"
-    sub = stage_config(cfg, traces_dir=traces_dir, shard_size=cfg.shard_size, output_dir=str(tv_folder))
-    embed_items(sub, tv_folder, what="traces")
-    ids = ds.items["item_id"].to_list()
-    plain, trace = load_vectors(folder).aligned(ids), load_vectors(tv_folder).aligned(ids)
-    if plain.shape != trace.shape:
-        raise ValueError(
-            f"trace vectors {trace.shape} and content vectors {plain.shape} ({folder}) differ in size"
-        )
     sel = run_cfg.select
-    choice = choose_fusion(plain, trace, valid, labeler, run_cfg.eval, sel.trace_weights, sel.trace_sides)
+    stage = stage_config(cfg, shard_size=cfg.shard_size)
+    ids = ds.items["item_id"].to_list()
+    choice = choose_with_traces(
+        stage,
+        folder,
+        traces_dir,
+        out / "trace_vectors",
+        ids,
+        valid,
+        labeler,
+        run_cfg.eval,
+        sel.trace_weights,
+        sel.trace_sides,
+    )
     log.info(
         "traces fused on valid: w=%g (%s); tower w=%g",
         choice.fusion.weight,

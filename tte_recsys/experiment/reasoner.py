@@ -38,6 +38,7 @@ from tte_recsys.experiment.stages import (
     trace_fusion,
     uses_reasoner,
 )
+from tte_recsys.experiment.trace_choice import choose_with_traces
 from tte_recsys.reasoner_training.methods import ReasonerMethod, RunContext
 from tte_recsys.reasoner_training.policy import PolicySettings
 from tte_recsys.reasoner_training.rewards import CatalogReward, RewardSettings
@@ -177,28 +178,48 @@ def _plot_curves(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[str, Any]) -> dict[str, Any]:
     """Content-only retrieval of the catalog embedded with ``reasoner``'s traces (``reasoner=none``:
-    without traces), on valid and test, with the I2I protocol (the experiment's own stages)."""
+    without traces), on valid and test, with the I2I protocol (the experiment's own stages). With
+    ``embedder.traces=fuse`` the fusion ``(w, side)`` is chosen on valid from ``select.trace_weights
+    x select.trace_sides`` exactly as ``train_i2i`` chooses it (0 is in the grid); ``traces``
+    in the result says what was chosen and every valid point tried."""
     assert data.split is not None and data.dataset is not None
-    stage = stage_config(cfg, reasoner=reasoner)
+    stage = stage_config(cfg, reasoner=reasoner, shard_size=4096)
     uses = uses_reasoner(stage)
+    fused = trace_fusion(stage.embedder).mode == "fuse"
     traces_dir = out / "traces"
     if uses:
         keys = {"prompt": cfg.prompt, "cache_dir": cfg.cache_dir, "flush_every": 64}
         generate_catalog_traces(cast(DictConfig, OmegaConf.merge(stage, keys)), traces_dir)
-    vec_dir = out / "vectors"
-    more = {"traces_dir": str(traces_dir) if uses else None, "shard_size": 4096}
+    vec_dir = out / "vectors"  # concat: the items with their traces; fuse or no reasoner: plain
+    more = {"traces_dir": str(traces_dir) if uses and not fused else None}
     embed_items(cast(DictConfig, OmegaConf.merge(stage, more)), vec_dir)
 
     ds_items = data.dataset.items["item_id"].to_list()
-    vectors = load_vectors(str(vec_dir)).aligned(ds_items)
     eval_cfg = from_mapping(EvalConfig, cfg.eval, "eval")
     _, _, label_cfg = data_configs(cfg.data)
     labeler = RelevanceLabeler.from_dataset(data.dataset, label_cfg)
-    retriever = ContentCosine(vectors)
-    return {
-        which: evaluate_retriever(retriever, ev, labeler, len(ds_items), eval_cfg)
-        for which, ev in (("valid", data.split.valid), ("test", data.split.test))
-    }
+    result: dict[str, Any] = {}
+    if uses and fused:
+        sel = cfg.select
+        choice = choose_with_traces(
+            stage,
+            vec_dir,
+            traces_dir,
+            out / "trace_vectors",
+            ds_items,
+            data.split.valid,
+            labeler,
+            eval_cfg,
+            list(sel.trace_weights),
+            list(sel.trace_sides),
+        )
+        retriever = ContentCosine(*choice.content_only())
+        result["traces"] = choice.summary()
+    else:
+        retriever = ContentCosine(load_vectors(str(vec_dir)).aligned(ds_items))
+    for which, ev in (("valid", data.split.valid), ("test", data.split.test)):
+        result[which] = evaluate_retriever(retriever, ev, labeler, len(ds_items), eval_cfg)
+    return result
 
 
 def train_reasoner(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -302,12 +323,15 @@ def _report_md(r: dict[str, Any]) -> str:
             "| split | recall@10 | recall@50 | recall@100 | SemRel@50 | cold recall@50 |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for which, m in r["retrieval"].items():
+        for which in ("valid", "test"):
+            m = r["retrieval"][which]
             cells = [
                 m.get(k, math.nan)
                 for k in ("recall@10", "recall@50", "recall@100", "semrel@50", "cold_recall@50")
             ]
             lines.append(f"| {which} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        if t := r["retrieval"].get("traces"):
+            lines.append(f"\nTraces fused at w={t['weight']:g} ({t['side']}), chosen on valid.")
     if r.get("curves"):
         lines += ["", "![curves](curves.png)"]
     return "\n".join(lines) + "\n"

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from tte_recsys.config import EvalConfig
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import EvalSet
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.protocol import evaluate_retriever
+from tte_recsys.experiment.stages import embed_items
 from tte_recsys.tte.fusion import TraceFusion, fuse
+from tte_recsys.vectors import load_vectors
 
-__all__ = ["TraceChoice", "choose_fusion", "content_retriever_vectors"]
+__all__ = ["TraceChoice", "choose_fusion", "choose_with_traces", "content_retriever_vectors"]
 
 
 def content_retriever_vectors(
@@ -98,3 +102,29 @@ def choose_fusion(
     best = max(grid, key=lambda p: (p[f"recall@{k}"], -p["weight"], p["side"] == "both"))
     both = max((p for p in grid if p["side"] == "both"), key=lambda p: (p[f"recall@{k}"], -p["weight"]))
     return TraceChoice(plain, trace, TraceFusion("fuse", best["weight"], best["side"]), both["weight"], grid)
+
+
+def choose_with_traces(
+    stage: DictConfig,
+    plain_folder: str | Path,
+    traces_dir: str | Path,
+    out: Path,
+    ids: Sequence[str],
+    valid: EvalSet,
+    labeler: RelevanceLabeler,
+    cfg: EvalConfig,
+    weights: Sequence[float],
+    sides: Sequence[str],
+) -> TraceChoice:
+    """The traces in ``traces_dir`` embedded alone into ``out`` (``embed_items(what="traces")``
+    with the stage config ``stage``: ``data``, ``embedder``, ``shard_size``), beside the plain
+    vectors in ``plain_folder``, both aligned to ``ids``, and the fusion chosen on valid
+    (:func:`choose_fusion`). ``train_i2i`` and the scoring of a reasoner both choose this way."""
+    sub = OmegaConf.merge(stage, {"traces_dir": str(traces_dir), "output_dir": str(out)})
+    embed_items(sub, out, what="traces")  # type: ignore[arg-type]
+    plain, trace = load_vectors(str(plain_folder)).aligned(ids), load_vectors(str(out)).aligned(ids)
+    if plain.shape != trace.shape:
+        raise ValueError(
+            f"trace vectors {trace.shape} ({out}) and content vectors {plain.shape} ({plain_folder}) differ in size"
+        )
+    return choose_fusion(plain, trace, valid, labeler, cfg, weights, sides)

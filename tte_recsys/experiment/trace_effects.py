@@ -1,10 +1,12 @@
 """Which items reasoning traces help or hurt: per trigger, content-only recall@K of each scored
-reasoner (a ``train_reasoner`` run with ``score/``: its catalog traces and item vectors) beside
+reasoner (a ``train_reasoner`` run with ``score/``: its catalog traces and item vectors, fused
+with its trace vectors as the run chose on valid) beside
 the run without traces, with the titles and traces to read. What ``notebooks/tte_traces.ipynb``
 shows; the runs must share one dataset and split (checked)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from omegaconf import OmegaConf
 from tte_recsys.data.split import TemporalSplit, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
 from tte_recsys.evaluation.metrics import per_trigger_recall
+from tte_recsys.experiment.trace_choice import content_retriever_vectors
 from tte_recsys.runs import data_configs, load_dataset
+from tte_recsys.tte.fusion import TraceFusion
 from tte_recsys.tte.items import item_inputs
 from tte_recsys.tte.reasoner.generate import load_trace_texts
 from tte_recsys.vectors import load_vectors
@@ -30,6 +34,19 @@ def _split_of(run: Path) -> tuple[object, TemporalSplit, list[str], dict[str, st
     traces_dir = run / "score" / "traces"
     traces = load_trace_texts(traces_dir, items)[0] if (traces_dir / "manifest.json").is_file() else {}
     return ds, temporal_split(ds, pairs_cfg, split_cfg), [it.item_id for it in items], traces
+
+
+def _scored_retriever(run: Path, ids: list[str]) -> ContentCosine:
+    """Content cosine as the run scored it: its item vectors, fused with its trace vectors at the
+    weight and side it chose on valid (``report.json``: ``retrieval.traces``) when it fused."""
+    plain = load_vectors(run / "score" / "vectors").aligned(ids)
+    report = run / "report.json"
+    chosen = json.loads(report.read_text()).get("retrieval", {}).get("traces") if report.is_file() else None
+    if not chosen:
+        return ContentCosine(plain)
+    trace = load_vectors(run / "score" / "trace_vectors").aligned(ids)
+    fusion = TraceFusion("fuse", float(chosen["weight"]), str(chosen["side"]))
+    return ContentCosine(*content_retriever_vectors(plain, trace, fusion))
 
 
 def trace_effects(runs: Mapping[str, str | Path], k: int = 50, which: str = "test") -> pl.DataFrame:
@@ -59,8 +76,7 @@ def trace_effects(runs: Mapping[str, str | Path], k: int = 50, which: str = "tes
             )
         ref_ids = ids
         ev = split.valid if which == "valid" else split.test
-        vectors = load_vectors(d / "score" / "vectors").aligned(ids)
-        topk = ContentCosine(vectors).retrieve(ev.triggers, k)
+        topk = _scored_retriever(d, ids).retrieve(ev.triggers, k)
         rec = per_trigger_recall(ev, topk)
         trig = [ids[int(t)] for t in ev.triggers]
         frame = pl.DataFrame(
