@@ -123,6 +123,10 @@ def test_tte_traces_notebook(compose_cfg: Callable[..., DictConfig], tmp_path: P
     assert len(chosen["valid_points"]) == 1 + 4 * 2  # w = 0 once, 4 weights x 2 sides
     best = max(p["recall@10"] for p in chosen["valid_points"])  # debug=tiny: select_k 10
     assert reports["fused"]["retrieval"]["valid"]["recall@10"] == pytest.approx(best)
+    c = reports["fused"]["retrieval"]["test_vs_no_traces"]  # against the run's own plain vectors
+    assert c["n"] > 0 and c["lo"] <= c["diff"] <= c["hi"]
+    if chosen["weight"] == 0:  # valid chose no trace: the same vectors, a zero difference
+        assert c["diff"] == c["lo"] == c["hi"] == 0
     runs = ";".join(f"{r}={tmp_path / r}" for r in ("none", "file", "fused"))
     ns = run_notebook(
         ROOT / "notebooks" / "tte_traces.ipynb",

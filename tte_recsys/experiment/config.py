@@ -18,7 +18,9 @@ from tte_recsys.tte.factory import is_served
 from tte_recsys.tte.fusion import TRACE_SIDES
 from tte_recsys.tte.lora import LoraSettings
 
-__all__ = ["CompareConfig", "I2IConfig", "SelectConfig", "StageConfig"]
+__all__ = ["TRACE_RULES", "CompareConfig", "I2IConfig", "SelectConfig", "StageConfig"]
+
+TRACE_RULES = ("interval", "best")  # select.trace_rule: how valid picks a trace weight
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class SelectConfig:
             valid recall picks one (0, no trace, is always tried, so valid never gets worse).
         trace_sides: where the fused vector is used in content-only retrieval: ``both`` or
             ``trigger`` (candidates stay plain); chosen with the weight.
+        trace_rule: ``interval`` (a weight > 0 is kept only when its valid recall gain over no
+            trace has a paired bootstrap 95% interval above 0; else w = 0) or ``best`` (the best
+            valid point, however small its lead).
     """
 
     lams: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -48,8 +53,11 @@ class SelectConfig:
     recall_tolerance: float = 0.05
     trace_weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5)
     trace_sides: tuple[str, ...] = ("both", "trigger")
+    trace_rule: str = "interval"
 
     def __post_init__(self) -> None:
+        if self.trace_rule not in TRACE_RULES:
+            raise ValueError(f"select.trace_rule={self.trace_rule!r}: expected one of {list(TRACE_RULES)}")
         ws = tuple(float(x) for x in self.trace_weights)
         if not ws or any(not (np.isfinite(w) and w >= 0) for w in ws):
             raise ValueError(f"select.trace_weights={list(ws)}: expected a non-empty list of weights >= 0")

@@ -231,6 +231,7 @@ def _trace_choice(
         run_cfg.eval,
         sel.trace_weights,
         sel.trace_sides,
+        sel.trace_rule,
     )
     log.info(
         "traces fused on valid: w=%g (%s); tower w=%g",

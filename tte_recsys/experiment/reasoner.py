@@ -30,7 +30,8 @@ from tte_recsys.data.dataset import Dataset
 from tte_recsys.data.labels import RelevanceLabeler
 from tte_recsys.data.split import TemporalSplit, temporal_split
 from tte_recsys.evaluation.baselines import ContentCosine
-from tte_recsys.evaluation.protocol import evaluate_retriever
+from tte_recsys.evaluation.protocol import evaluate_retriever, paired_intervals
+from tte_recsys.experiment.config import SelectConfig
 from tte_recsys.experiment.stages import (
     embed_items,
     generate_catalog_traces,
@@ -181,7 +182,8 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     without traces), on valid and test, with the I2I protocol (the experiment's own stages). With
     ``embedder.traces=fuse`` the fusion ``(w, side)`` is chosen on valid from ``select.trace_weights
     x select.trace_sides`` exactly as ``train_i2i`` chooses it (0 is in the grid); ``traces``
-    in the result says what was chosen and every valid point tried."""
+    in the result says what was chosen and every valid point tried, ``test_vs_no_traces`` the
+    paired bootstrap interval of test recall@``eval.select_k`` against the plain vectors."""
     assert data.split is not None and data.dataset is not None
     stage = stage_config(cfg, reasoner=reasoner, shard_size=4096)
     uses = uses_reasoner(stage)
@@ -200,7 +202,7 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     labeler = RelevanceLabeler.from_dataset(data.dataset, label_cfg)
     result: dict[str, Any] = {}
     if uses and fused:
-        sel = cfg.select
+        sel = from_mapping(SelectConfig, cfg.select, "select")
         choice = choose_with_traces(
             stage,
             vec_dir,
@@ -210,11 +212,16 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
             data.split.valid,
             labeler,
             eval_cfg,
-            list(sel.trace_weights),
-            list(sel.trace_sides),
+            sel.trace_weights,
+            sel.trace_sides,
+            sel.trace_rule,
         )
         retriever = ContentCosine(*choice.content_only())
         result["traces"] = choice.summary()
+        rows = {"traces": lambda: retriever, "no traces": lambda: ContentCosine(choice.plain)}
+        result["test_vs_no_traces"] = paired_intervals(
+            rows, [("traces", "no traces")], data.split.test, eval_cfg.select_k, eval_cfg.batch_size
+        )["traces vs no traces"]
     else:
         retriever = ContentCosine(load_vectors(str(vec_dir)).aligned(ds_items))
     for which, ev in (("valid", data.split.valid), ("test", data.split.test)):
@@ -331,7 +338,12 @@ def _report_md(r: dict[str, Any]) -> str:
             ]
             lines.append(f"| {which} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
         if t := r["retrieval"].get("traces"):
-            lines.append(f"\nTraces fused at w={t['weight']:g} ({t['side']}), chosen on valid.")
+            c = r["retrieval"]["test_vs_no_traces"]
+            lines.append(
+                f"\nTraces fused at w={t['weight']:g} ({t['side']}), chosen on valid. Test recall@{c['k']} "
+                f"against the same items without traces: {c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] "
+                f"(paired bootstrap 95%, {c['n']} triggers)."
+            )
     if r.get("curves"):
         lines += ["", "![curves](curves.png)"]
     return "\n".join(lines) + "\n"
