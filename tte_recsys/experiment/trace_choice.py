@@ -116,7 +116,7 @@ def choose_fusion(
         best, both = (
             p if p["weight"] == 0 or _beyond_noise(p, plain, trace, valid, cfg) else none
             for p in (best, both)
-        )
+        )  # best and both are often one point: its interval is computed once (valid_gain)
     return TraceChoice(plain, trace, TraceFusion("fuse", best["weight"], best["side"]), both["weight"], grid)
 
 
@@ -124,7 +124,9 @@ def _beyond_noise(
     point: dict[str, Any], plain: np.ndarray, trace: np.ndarray, valid: EvalSet, cfg: EvalConfig
 ) -> bool:
     """Whether ``point``'s valid recall gain over no trace has a paired 95% interval above 0
-    (written into ``point["valid_gain"]``)."""
+    (written into ``point["valid_gain"]``, and read from there when already computed)."""
+    if "valid_gain" in point:
+        return bool(point["valid_gain"]["lo"] > 0)
     f = TraceFusion("fuse", point["weight"], point["side"])
     rows = {
         "trace": lambda: ContentCosine(*content_retriever_vectors(plain, trace, f)),
