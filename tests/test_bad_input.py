@@ -487,6 +487,20 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str]] = [
         lambda c: ["debug=tiny", "intervals_against=content:nope"],
         r"error: intervals_against='content:nope': expected one of the added rows \[\] \(add rows with \+content_dirs",
     ),
+    (
+        "unknown trace rule, even when scoring without traces",
+        "pipelines.train_reasoner",
+        lambda c: [
+            "debug=tiny",
+            "toy=false",
+            "data=amazon_office",
+            "method=score",
+            "score_reasoner.model_path=none",
+            "select.trace_rule=always",
+            f"hydra.run.dir={c.out}",
+        ],
+        r"error: select\.trace_rule='always': expected one of \['interval', 'best'\]",
+    ),
     # --- reasoner training
     (
         "fewer than two generations",

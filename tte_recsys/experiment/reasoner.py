@@ -185,6 +185,7 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     in the result says what was chosen and every valid point tried, ``test_vs_no_traces`` the
     paired bootstrap interval of test recall@``eval.select_k`` against the plain vectors."""
     assert data.split is not None and data.dataset is not None
+    sel = from_mapping(SelectConfig, cfg.select, "select")  # checked before any work, traces or not
     stage = stage_config(cfg, reasoner=reasoner, shard_size=4096)
     uses = uses_reasoner(stage)
     fused = trace_fusion(stage.embedder).mode == "fuse"
@@ -202,7 +203,6 @@ def score_traces(cfg: DictConfig, out: Path, data: ReasonerData, reasoner: dict[
     labeler = RelevanceLabeler.from_dataset(data.dataset, label_cfg)
     result: dict[str, Any] = {}
     if uses and fused:
-        sel = from_mapping(SelectConfig, cfg.select, "select")
         choice = choose_with_traces(
             stage,
             vec_dir,
